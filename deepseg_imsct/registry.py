@@ -1,0 +1,187 @@
+"""The model registry: one source of truth for tasks, models and their versions (torch-free).
+
+``model_registry.json`` (shipped inside the package) lists every model version with its
+download sources, sha256, size and everything the pipeline needs to run it. Code reads model
+facts from here only. Working-grid axes are 'SAR': array axis 0 runs inferior->superior,
+axis 1 posterior->anterior, axis 2 left->right; every per-axis list (spacing in mm, sizes in
+voxels, safety factors) is in that order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import DeepsegError
+
+REGISTRY_PATH = Path(__file__).resolve().parent / "model_registry.json"
+ENV_REGISTRY = "DEEPSEG_IMSCT_REGISTRY"  # path of another registry (custom models, tests)
+WORKING_AXES = "SAR"
+
+
+@dataclass(frozen=True)
+class ClassDefaults:
+    """Default post-processing of one output class."""
+
+    threshold: float = 0.5  # probability, voxels >= threshold are foreground
+    fill_holes: bool = True  # 3D hole filling
+    min_volume_cm3: float = 0.0  # connected components smaller than this are removed
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One version of one model, as the pipeline needs it.
+
+    ``patch_size`` and ``stride`` are in working-grid voxels (SAR order). For a single-window
+    model (the localizer) ``stride == patch_size`` and the input is cropped/padded to it.
+    """
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    size: int
+    sources: tuple[str, ...]
+    contrasts: tuple[str, ...]
+    spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    classes: tuple[str, ...]
+    normalization: str
+    postprocessing: Mapping[str, ClassDefaults]
+    safety_factor: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    input_name: str = "input"
+    description: str = ""
+    registry_dir: Path = field(default=REGISTRY_PATH.parent, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    def local_sources(self) -> list[Path]:
+        """Sources that are files shipped with the registry (relative paths), resolved."""
+        return [self.registry_dir / s for s in self.sources if "://" not in s]
+
+    def remote_sources(self) -> list[str]:
+        return [s for s in self.sources if "://" in s]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    contrasts: tuple[str, ...]
+    localizer: str
+    segmenter: str
+    citation: str = ""
+
+
+@dataclass(frozen=True)
+class Registry:
+    tasks: Mapping[str, TaskSpec]
+    models: Mapping[str, Mapping[str, Any]]
+    path: Path
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks.values():
+            if name == task.name or name in task.aliases:
+                return task
+        raise DeepsegError(f"unknown task '{name}': known tasks are {', '.join(self.tasks)} (see -list-tasks)")
+
+    def versions(self, model: str) -> list[str]:
+        return list(self._entry(model)["versions"])
+
+    def default_version(self, model: str) -> str:
+        entry = self._entry(model)
+        return str(entry.get("default_version") or list(entry["versions"])[-1])
+
+    def model(self, name: str, version: str | None = None) -> ModelSpec:
+        """The spec of ``name`` at ``version`` (default: the registry's default version)."""
+        entry = self._entry(name)
+        version = version or self.default_version(name)
+        if version not in entry["versions"]:
+            raise DeepsegError(
+                f"model '{name}' has no version '{version}' in {self.path}: available {', '.join(entry['versions'])}"
+            )
+        return _parse_version(name, version, entry["versions"][version], self.path)
+
+    def _entry(self, model: str) -> Mapping[str, Any]:
+        entry = self.models.get(model)
+        if not entry or not entry.get("versions"):
+            raise DeepsegError(f"model '{model}' has no versions in {self.path}: reinstall deepseg-imsct")
+        return entry
+
+
+def load_registry(path: Path | str | None = None) -> Registry:
+    """Read and validate the registry JSON (default: $DEEPSEG_IMSCT_REGISTRY, else the shipped one)."""
+    path = Path(path or os.environ.get(ENV_REGISTRY) or REGISTRY_PATH)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeepsegError(f"model registry not found: {path}: reinstall deepseg-imsct") from None
+    except (OSError, ValueError) as exc:
+        raise DeepsegError(f"model registry {path} is unreadable ({exc}): reinstall deepseg-imsct") from None
+    try:
+        tasks = {
+            name: TaskSpec(
+                name=name,
+                aliases=tuple(t.get("aliases", ())),
+                description=t["description"],
+                contrasts=tuple(t["contrasts"]),
+                localizer=t["localizer"],
+                segmenter=t["segmenter"],
+                citation=t.get("citation", ""),
+            )
+            for name, t in data["tasks"].items()
+        }
+        models = dict(data["models"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DeepsegError(f"model registry {path} is malformed (missing or bad field {exc}): reinstall deepseg-imsct") from None
+    return Registry(tasks=tasks, models=models, path=path)
+
+
+def _triple(value: Any, kind: type, what: str) -> tuple:
+    values = tuple(kind(v) for v in value)
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise ValueError(f"{what} must be 3 positive numbers, got {value!r}")
+    return values
+
+
+def _parse_version(name: str, version: str, v: Mapping[str, Any], path: Path) -> ModelSpec:
+    where = f"model '{name}' version '{version}' in {path}"
+    try:
+        classes = tuple(v["classes"])
+        post = v.get("postprocessing", {})
+        defaults = {c: ClassDefaults(**post.get(c, {})) for c in classes}
+        patch = _triple(v["patch_size"], int, "patch_size")
+        spec = ModelSpec(
+            name=name,
+            version=version,
+            file=str(v["file"]),
+            sha256=str(v["sha256"]).lower(),
+            size=int(v["size"]),
+            sources=tuple(v["sources"]),
+            contrasts=tuple(v["contrasts"]),
+            spacing_mm=_triple(v["spacing_mm"], float, "spacing_mm"),
+            patch_size=patch,
+            stride=_triple(v.get("stride", patch), int, "stride"),
+            classes=classes,
+            normalization=str(v["normalization"]),
+            postprocessing=defaults,
+            safety_factor=_triple(v.get("safety_factor", (1, 1, 1)), float, "safety_factor"),
+            input_name=str(v.get("input_name", "input")),
+            description=str(v.get("description", "")),
+            registry_dir=path.resolve().parent,
+        )
+    except KeyError as exc:
+        raise DeepsegError(f"{where} lacks the field {exc}: fix the registry or reinstall deepseg-imsct") from None
+    except (TypeError, ValueError) as exc:
+        raise DeepsegError(f"{where} has a malformed field ({exc}): fix the registry or reinstall deepseg-imsct") from None
+    if len(spec.sha256) != 64 or not spec.sources or not spec.classes or not spec.contrasts:
+        raise DeepsegError(f"{where} needs a 64-hex sha256, sources, classes and contrasts: fix the registry")
+    if spec.normalization != "zscore":
+        raise DeepsegError(f"{where} asks for normalization '{spec.normalization}', which this version cannot do: upgrade deepseg-imsct")
+    return spec
