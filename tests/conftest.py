@@ -1,0 +1,23 @@
+"""Shared fixtures: tests import helpers from this folder and never touch the user's cache."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """The shared real data folder ($IMSCT_SHARED_DATA, else ../shared/data beside the repo)."""
+    return Path(os.environ.get("IMSCT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty model cache of its own."""
+    monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(tmp_path_factory.mktemp("cache")))
