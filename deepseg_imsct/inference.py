@@ -1,0 +1,154 @@
+"""Running an ONNX model: one session per model, z-scoring, and sliding-window stitching.
+
+Arrays are channel-first over the working grid: (C, S-I, A-P, R-L) for inputs, (K, ...) for
+outputs (sigmoid probabilities). Patch sizes and strides are in working-grid voxels.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DeepsegError
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (B, C, *patch) float32 -> (B, K, *patch) float32
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """ONNX Runtime settings shared by every session of a run."""
+
+    threads: int = 0  # intra-op threads; 0 = ONNX Runtime's default (physical cores)
+    batch_size: int = 2  # patches per session.run call
+    memory_arena: bool = False  # the CPU arena trades memory for little speed on these graphs
+    spinning: bool = False  # busy-waiting threads burn laptop battery for no gain here
+
+
+class OnnxModel:
+    """An ONNX Runtime session built once per model and reused for every patch and case."""
+
+    def __init__(self, path: Path, spec: ModelSpec, options: RuntimeOptions = RuntimeOptions()):
+        import onnxruntime as ort  # deferred: keeps `import deepseg_imsct` and `-h` fast
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(0, int(options.threads))
+        so.inter_op_num_threads = 1
+        so.enable_cpu_mem_arena = options.memory_arena
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise DeepsegError(f"model file {path} cannot be loaded by ONNX Runtime ({exc}): reinstall it with -install") from None
+        self.spec = spec
+        self.batch_size = max(1, int(options.batch_size))
+        self._check_graph(path)
+
+    def _check_graph(self, path: Path) -> None:
+        """The graph's input and output must agree with the registry entry."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        spec = self.spec
+        problem = None
+        if len(inputs) != 1 or inputs[0].name != spec.input_name:
+            problem = f"input named {[i.name for i in inputs]}, registry says '{spec.input_name}'"
+        else:
+            shape_in, shape_out = inputs[0].shape, outputs[0].shape
+            expect_in = [None, len(spec.contrasts), *spec.patch_size]
+            expect_out = [None, len(spec.classes), *spec.patch_size]
+            for got, want, what in ((shape_in, expect_in, "input"), (shape_out, expect_out, "output")):
+                if len(got) != 5 or any(isinstance(g, int) and w is not None and g != w for g, w in zip(got, want)):
+                    problem = f"{what} shape {got}, registry expects {['N' if w is None else w for w in want]}"
+                    break
+        if problem:
+            raise DeepsegError(f"model file {path} does not match its registry entry {spec.key}: {problem}; reinstall deepseg-imsct")
+        fixed_batch = inputs[0].shape[0]
+        if isinstance(fixed_batch, int):
+            self.batch_size = fixed_batch
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+def zscore(data: np.ndarray) -> np.ndarray:
+    """Z-score one 3D channel over its finite voxels; NaN (outside the field of view) becomes 0.
+
+    NaN marks voxels outside the acquired field of view, so zero padding never biases the
+    statistics. A constant channel becomes all zeros (no division by ~0). Returns float32.
+    """
+    valid = np.isfinite(data)
+    values = data[valid]
+    mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
+    std = float(values.std(dtype=np.float64)) if values.size else 0.0
+    out = np.subtract(data, np.float32(mean), dtype=np.float32)
+    if std > 1e-6 * max(1.0, abs(mean)):
+        out /= np.float32(std)
+    else:
+        out[valid] = 0.0
+    out[~valid] = 0.0
+    return out
+
+
+def window_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Start indices of windows of ``patch`` voxels every ``stride`` covering ``size`` voxels.
+
+    The last window is flush with the end (when ``size >= patch``); with ``size < patch`` the
+    single window starts at 0 and the volume is padded by the caller.
+    """
+    if size <= patch:
+        return [0]
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def sliding_window(
+    volume: np.ndarray,
+    predict: Predict,
+    patch: Sequence[int],
+    stride: Sequence[int],
+    n_out: int,
+    batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Predict ``volume`` (C, X, Y, Z) patch by patch and average overlapping outputs.
+
+    Volumes smaller than a patch are zero-padded and cropped back. Output: (n_out, X, Y, Z)
+    float32, the uniform mean of every patch prediction covering each voxel.
+    """
+    shape = volume.shape[1:]
+    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
+    if padded_shape != shape:
+        padded = np.zeros((volume.shape[0],) + padded_shape, dtype=np.float32)
+        padded[(slice(None),) + tuple(slice(0, s) for s in shape)] = volume
+        volume = padded
+    starts = list(product(*(window_starts(s, p, st) for s, p, st in zip(padded_shape, patch, stride))))
+    total = np.zeros((n_out,) + padded_shape, dtype=np.float32)
+    count = np.zeros(padded_shape, dtype=np.float32)
+    for b in range(0, len(starts), batch_size):
+        chunk = starts[b : b + batch_size]
+        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in chunk]
+        batch = np.stack([volume[(slice(None),) + sl] for sl in slices])
+        pred = predict(batch)
+        if pred.shape != (len(chunk), n_out, *patch):
+            raise DeepsegError(f"model returned shape {pred.shape} for a batch of {batch.shape}: the model file is not the one the registry describes")
+        for sl, p in zip(slices, pred):
+            total[(slice(None),) + sl] += p
+            count[sl] += 1.0
+        if progress:
+            progress(len(chunk))
+    total /= count
+    return total[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+
+def n_windows(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:
+    """Number of windows :func:`sliding_window` runs on a volume of ``shape``."""
+    return int(np.prod([len(window_starts(max(s, p), p, st)) for s, p, st in zip(shape, patch, stride)]))

@@ -1,0 +1,113 @@
+"""Stage 1: find the spinal cord and turn it into the crop box of stage 2.
+
+All boxes are ``(start, size)`` in voxels of a working grid (SAR axes, see :mod:`grid`);
+``start`` may be negative and ``start + size`` may pass the end: the crop is zero-padded there.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .grid import Grid, apply_affine, resample, working_grid
+from .inference import zscore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box of a working grid: ``start`` and ``size`` in voxels (S-I, A-P, R-L)."""
+
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+    def on(self, grid: Grid) -> Grid:
+        return grid.subgrid(self.start, self.size)
+
+
+def centred_block(grid: Grid, size: Sequence[int]) -> Grid:
+    """The ``size`` block centred on ``grid`` (cropping or zero-padding each axis)."""
+    start = tuple(int((n - s) // 2) for n, s in zip(grid.shape, size))
+    return grid.subgrid(start, tuple(size))
+
+
+def model_input(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid) -> np.ndarray:
+    """Channels (C, *dst.shape) float32: each image resampled onto ``dst`` and z-scored.
+
+    Statistics are taken inside each image's own field of view; outside it the input is 0.
+    """
+    return np.stack([zscore(resample(data, grid, dst, order=1, fill=np.nan)) for data, grid in images])
+
+
+def largest_component(mask: np.ndarray, min_voxels: int = 1) -> np.ndarray | None:
+    """The largest 26-connected component of ``mask`` (ties: the first label), or None if
+    it has fewer than ``min_voxels`` voxels."""
+    from skimage.measure import label  # deferred import: scikit-image is slow to import
+
+    labels, n = label(mask, connectivity=3, return_num=True)
+    if n == 0:
+        return None
+    counts = np.bincount(labels.ravel())[1:]
+    best = int(np.argmax(counts))
+    if counts[best] < min_voxels:
+        return None
+    return labels == best + 1
+
+
+def mask_extent_mm(mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """Scanner-space corners (8, 3) of the voxel bounding box of ``mask`` (voxel edges)."""
+    idx = np.nonzero(mask)
+    lo = np.array([i.min() for i in idx]) - 0.5
+    hi = np.array([i.max() for i in idx]) + 0.5
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    return apply_affine(grid.affine, corners)
+
+
+def crop_box(
+    corners_mm: np.ndarray,
+    grid: Grid,
+    safety_factor: Sequence[float],
+    patch: Sequence[int],
+    stride: Sequence[int],
+) -> Box:
+    """The crop of ``grid`` around scanner points ``corners_mm`` for the sliding window.
+
+    The points' extent in ``grid`` voxels is enlarged about its centre by ``safety_factor``,
+    made at least one patch, rounded up to ``patch + k * stride`` (whole windows, no partial
+    overlap), and shifted back inside the field of view where the field of view is large enough.
+    """
+    vox = apply_affine(np.linalg.inv(grid.affine), corners_mm)
+    lo, hi = vox.min(axis=0), vox.max(axis=0)  # continuous voxel coordinates; voxel i spans [i-0.5, i+0.5]
+    centre, half = (lo + hi) / 2, (hi - lo) * np.asarray(safety_factor, dtype=float) / 2
+    first = np.floor(centre - half + 0.5 + 1e-6).astype(int)  # first and last voxel touched
+    last = np.ceil(centre + half - 0.5 - 1e-6).astype(int)
+    needed = np.maximum(last - first + 1, 1)
+    patch, stride = np.asarray(patch), np.asarray(stride)
+    size = patch + np.ceil(np.maximum(needed - patch, 0) / stride).astype(int) * stride
+    start = first - (size - needed) // 2
+    n = np.asarray(grid.shape)
+    fits = size <= n
+    start = np.where(fits, np.clip(start, 0, n - size), start)
+    return Box(tuple(int(s) for s in start), tuple(int(s) for s in size))
+
+
+def box_for_mask(
+    mask: np.ndarray | None,
+    mask_grid: Grid,
+    native: Grid,
+    spacing_mm: Sequence[float],
+    safety_factor: Sequence[float],
+    patch: Sequence[int],
+    stride: Sequence[int],
+) -> tuple[Box, Grid]:
+    """The segmenter's crop box around ``mask`` (on ``mask_grid``) and the working grid it is on.
+
+    ``mask`` None (no cord found) gives the whole field of view, rounded up to whole windows.
+    """
+    work = working_grid(native, tuple(spacing_mm))
+    corners = work.corners_mm() if mask is None else mask_extent_mm(mask, mask_grid)
+    factor = (1.0, 1.0, 1.0) if mask is None else safety_factor
+    return crop_box(corners, work, factor, patch, stride), work

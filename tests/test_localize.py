@@ -1,0 +1,74 @@
+"""Stage 1 geometry: largest component, crop box sizing, fall-back to the whole field of view."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepseg_imsct.grid import Grid, apply_affine, working_grid
+from deepseg_imsct.localize import box_for_mask, centred_block, crop_box, largest_component, mask_extent_mm
+
+PATCH, STRIDE = (128, 128, 32), (64, 64, 32)
+
+
+def test_largest_component_is_the_biggest_not_the_first_in_scan_order():
+    mask = np.zeros((30, 10, 10), bool)
+    mask[1:3, 1:3, 1:3] = True  # first in C order, 8 voxels
+    mask[10:20, 2:8, 2:8] = True  # largest
+    best = largest_component(mask)
+    assert best.sum() == 360 and best[15, 5, 5] and not best[1, 1, 1]
+    assert largest_component(mask, min_voxels=361) is None
+    assert largest_component(np.zeros((5, 5, 5), bool)) is None
+
+
+@pytest.mark.parametrize("extent", [(30, 10, 12), (200, 15, 20), (500, 300, 40), (128, 128, 32)])
+def test_crop_box_is_whole_windows_and_contains_the_enlarged_extent(extent):
+    grid = Grid((600, 400, 80), np.eye(4))
+    lo = np.array([50.0, 40.0, 20.0])
+    corners = np.array([[x, y, z] for x in (lo[0], lo[0] + extent[0]) for y in (lo[1], lo[1] + extent[1]) for z in (lo[2], lo[2] + extent[2])])
+    box = crop_box(corners, grid, (1.2, 1.2, 1.0), PATCH, STRIDE)
+    size = np.asarray(box.size)
+    assert np.all(size >= PATCH)
+    assert np.all((size - PATCH) % STRIDE == 0)
+    enlarged = np.asarray(extent) * [1.2, 1.2, 1.0]
+    assert np.all(size >= enlarged - 1e-6)
+    assert np.all(size - np.maximum(enlarged, PATCH) < np.asarray(STRIDE) + 1)  # no more than one extra step
+    # the enlarged extent lies inside the box, or the box spans the whole field of view on that axis
+    start, end = np.asarray(box.start), np.asarray(box.start) + size
+    centre = lo + np.asarray(extent) / 2
+    inside = (start - 0.5 <= centre - enlarged / 2 + 1e-6) & (centre + enlarged / 2 <= end - 0.5 + 1e-6)
+    assert np.all(inside | (size >= grid.shape))
+
+
+def test_crop_box_is_shifted_inside_the_field_of_view_when_it_fits():
+    grid = Grid((300, 200, 40), np.eye(4))
+    corners = np.array([[x, y, z] for x in (0.0, 10.0) for y in (190.0, 199.0) for z in (0.0, 5.0)])
+    box = crop_box(corners, grid, (1.2, 1.2, 1.0), PATCH, STRIDE)
+    assert box.start[0] == 0 and box.start[1] + box.size[1] == 200  # pushed back inside
+    assert box.start[2] == 0 and box.size[2] == 32  # centred start would be -13: clipped into the 40 slices
+
+
+def test_box_follows_the_mask_in_scanner_space_from_another_grid():
+    native_affine = np.diag([3.0, 0.5, 0.5, 1.0])[[0, 1, 2, 3]]  # R-L slices of 3 mm, A-P and S-I 0.5 mm
+    native = Grid((16, 500, 800), native_affine)
+    loc_grid = working_grid(native, (2.0, 2.0, 4.0))
+    mask = np.zeros(loc_grid.shape, bool)
+    mask[50:120, 40:50, 5:7] = True
+    box, work = box_for_mask(mask, loc_grid, native, (1.0, 1.0, 2.0), (1.2, 1.2, 1.0), PATCH, STRIDE)
+    assert work.zooms.tolist() == [1.0, 1.0, 2.0]
+    corners = mask_extent_mm(mask, loc_grid)
+    vox = apply_affine(np.linalg.inv(work.affine), corners)
+    assert np.all(vox.min(0) >= np.asarray(box.start) - 0.5 - 1e-6) or box.size[2] >= work.shape[2]
+    assert np.all(vox.max(0)[:2] <= np.asarray(box.start[:2]) + box.size[:2] - 0.5 + 1e-6)
+
+
+def test_no_cord_falls_back_to_the_whole_field_of_view():
+    native = Grid((16, 300, 500), np.diag([3.0, 0.8, 0.8, 1.0]))
+    box, work = box_for_mask(None, native, native, (1.0, 1.0, 2.0), (1.2, 1.2, 1.0), PATCH, STRIDE)
+    start, end = np.asarray(box.start), np.asarray(box.start) + box.size
+    assert np.all(start <= 0) and np.all(end >= work.shape)
+
+
+def test_centred_block_crops_and_pads_symmetrically():
+    grid = Grid((600, 200, 20), np.eye(4))
+    block = centred_block(grid, (512, 256, 32))
+    np.testing.assert_allclose(block.affine[:3, 3], [44, -28, -6])

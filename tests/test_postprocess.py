@@ -1,0 +1,83 @@
+"""Post-processing: thresholds, 3D hole filling, removal of small objects by physical volume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepseg_imsct.postprocess import ClassPost, PostprocessConfig, binarize, fill_holes, postprocess, remove_small
+from deepseg_imsct.registry import ClassDefaults
+
+
+def test_binarize_keeps_values_at_the_threshold():
+    prob = np.array([0.2, 0.5, 0.50001, 0.49999, 1.0], np.float32)
+    np.testing.assert_array_equal(binarize(prob, 0.5), [False, True, True, False, True])
+
+
+def test_fill_holes_fills_enclosed_cavities_only():
+    shell = np.zeros((9, 9, 9), bool)
+    shell[1:8, 1:8, 1:8] = True
+    shell[3:6, 3:6, 3:6] = False  # enclosed hole
+    filled = fill_holes(shell)
+    assert filled[4, 4, 4] and filled.sum() == 7**3
+    open_cup = np.zeros((9, 9, 9), bool)
+    open_cup[1:8, 1:8, 1:8] = True
+    open_cup[3:6, 3:6, 3:9] = False  # tunnel to the border: not a hole
+    np.testing.assert_array_equal(fill_holes(open_cup), open_cup)
+
+
+def test_fill_holes_in_3d_not_per_slice():
+    tube = np.zeros((9, 9, 9), bool)
+    tube[1:8, 1:8, :] = True
+    tube[3:6, 3:6, :] = False  # hole in every axial slice, open at both ends in 3D
+    np.testing.assert_array_equal(fill_holes(tube), tube)
+
+
+@pytest.mark.parametrize("zoom", [0.5, 1.0, 2.0])
+def test_remove_small_depends_on_physical_volume_not_voxels(zoom):
+    """The same two objects (8 mm³ and 216 mm³) at three voxel sizes: the same one survives."""
+    n = int(round(40 / zoom))
+    mask = np.zeros((n, n, n), bool)
+    small, big = int(round(2 / zoom)), int(round(6 / zoom))  # 2 mm and 6 mm cubes
+    mask[1 : 1 + small, 1 : 1 + small, 1 : 1 + small] = True
+    at = n // 2
+    mask[at : at + big, at : at + big, at : at + big] = True
+    out = remove_small(mask, min_volume_mm3=100.0, voxel_volume_mm3=zoom**3)
+    assert not out[1:3, 1:3, 1:3].any()
+    assert out.sum() * zoom**3 == pytest.approx(216.0)
+
+
+def test_remove_small_keeps_objects_exactly_at_the_limit_and_uses_18_connectivity():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[1:3, 1:3, 1:3] = True  # 8 voxels
+    assert remove_small(mask, 8.0, 1.0).sum() == 8  # not strictly smaller: kept
+    assert remove_small(mask, 8.5, 1.0).sum() == 0
+    edge = np.zeros((5, 5, 5), bool)
+    edge[1, 1, 1] = edge[2, 2, 1] = True  # touch by an edge: one 18-connected object of 2 mm³
+    assert remove_small(edge, 2.0, 1.0).sum() == 2
+    corner = np.zeros((5, 5, 5), bool)
+    corner[1, 1, 1] = corner[2, 2, 2] = True  # touch by a corner only: two objects of 1 mm³
+    assert remove_small(corner, 2.0, 1.0).sum() == 0
+
+
+def test_postprocess_order_binarize_fill_then_remove():
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[2:9, 2:9, 2:9] = 0.9
+    prob[4:7, 4:7, 4:7] = 0.1  # hole below threshold: filled after binarization
+    out = postprocess(prob, ClassPost(0.5, True, 0.3), voxel_volume_mm3=1.0)  # 343 mm³ >= 300 mm³
+    assert out.dtype == np.uint8 and out.sum() == 343
+    assert postprocess(prob, ClassPost(0.5, False, 0.3), 1.0).sum() == 343 - 27  # unfilled 316 mm³: kept
+    assert postprocess(prob, ClassPost(0.5, False, 0.32), 1.0).sum() == 0
+
+
+def test_config_overrides_per_class_and_validation():
+    base = PostprocessConfig.from_defaults({"tumor": ClassDefaults(0.5, True, 0.2), "edema": ClassDefaults(0.5, True, 0.5)})
+    cfg = base.with_overrides(threshold=0.3, min_volume_cm3={"edema": 1.0}, fill_holes={"tumor": False}, soft=True)
+    assert cfg.classes["tumor"] == ClassPost(0.3, False, 0.2)
+    assert cfg.classes["edema"] == ClassPost(0.3, True, 1.0)
+    assert cfg.soft and not base.soft
+    with pytest.raises(ValueError, match="unknown class"):
+        base.with_overrides(threshold={"cavity": 0.5})
+    with pytest.raises(ValueError, match="probability"):
+        base.with_overrides(threshold=1.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        base.with_overrides(min_volume_cm3=-1)
