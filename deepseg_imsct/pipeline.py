@@ -1,0 +1,251 @@
+"""The cascade, end to end: T2w + T1w in, one mask per class out on the T2w's native grid.
+
+Data flows one way through :func:`segment`: load -> localize (stage 1) -> crop box ->
+segment (stage 2, sliding window) -> back to native -> post-process. :class:`Predictor` holds
+the two ONNX Runtime sessions, built once and reused for every case.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import nibabel as nib
+import numpy as np
+
+from . import __version__
+from .errors import DeepsegError
+from .grid import Grid, footprint, inside_fraction, resample, uncrop, working_grid
+from .inference import OnnxModel, RuntimeOptions, sliding_window
+from .io import Volume, as_volume, load_volume, mask_image, nifti_stem, write_outputs
+from .localize import box_for_mask, centred_block, largest_component, model_input
+from .postprocess import MM3_PER_CM3, PostprocessConfig, postprocess
+from .registry import ModelSpec, Registry, load_registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK = "seg_tumor-edema-cavity_t1-t2"
+MIN_FOV_OVERLAP = 0.25  # T1w and T2w fields of view must share at least this fraction
+
+
+@dataclass
+class Result:
+    """Outputs of one case, all on the T2w's native grid.
+
+    ``masks``: class -> uint8 mask (float32 probabilities when soft); ``cord``: the localizer's
+    cord mask (uint8); ``box``: the segmenter's crop box as a uint8 mask; ``box_mm``: the
+    box's scanner-space corners; ``timings``: seconds per stage.
+    """
+
+    masks: dict[str, nib.Nifti1Image]
+    cord: nib.Nifti1Image
+    box: nib.Nifti1Image
+    box_mm: list[list[float]]
+    cord_found: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+    log.debug("%s: %.3f s", stage, timings[stage])
+
+
+def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np.ndarray:
+    """Resample (C, *src.shape) ``values`` onto ``native``; only the covered region is computed."""
+    start, size = footprint(src, native)
+    block = resample(values, src, native.subgrid(start, size), order=order, fill=0)
+    return uncrop(block, start, native.shape)
+
+
+def check_overlap(t2: Volume, t1: Volume) -> None:
+    """Refuse T1w/T2w pairs whose fields of view do not overlap in scanner space."""
+    shared = max(inside_fraction(t1.grid, t2.grid), inside_fraction(t2.grid, t1.grid))
+    if shared < MIN_FOV_OVERLAP:
+        raise DeepsegError(
+            f"T1w {t1.name} and T2w {t2.name} overlap on only {shared:.0%} of their fields of view in scanner space: "
+            "give two scans of the same subject and session (check the affines/headers)"
+        )
+
+
+def localize(t2: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
+    """Stage 1: the largest plausible cord component on the localizer's input block, or None."""
+    spec = model.spec
+    block = centred_block(working_grid(t2.grid, spec.spacing_mm), spec.patch_size)
+    x = model_input([(t2.data, t2.grid)], block)
+    prob = model(x[None])[0, 0]
+    post = spec.postprocessing[spec.classes[0]]
+    min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
+    cord = largest_component(prob >= post.threshold, min_voxels)
+    if cord is None:
+        log.warning("the localizer found no spinal cord in %s: segmenting the whole field of view (slower, less accurate)", t2.name)
+    return cord, block
+
+
+def segment(
+    t2: Volume,
+    t1: Volume,
+    localizer: OnnxModel,
+    segmenter: OnnxModel,
+    post: PostprocessConfig,
+    progress: bool = False,
+) -> Result:
+    """Run the cascade on one case (see the module docstring for the stages)."""
+    timings: dict[str, float] = {}
+    spec: ModelSpec = segmenter.spec
+    check_overlap(t2, t1)
+    with _timed(timings, "localize"):
+        cord, block = localize(t2, localizer)
+    with _timed(timings, "crop"):
+        box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
+        crop_grid = box.on(work)
+        x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
+    with _timed(timings, "segment"):
+        probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
+    with _timed(timings, "resample_back"):
+        native_probs = to_native(probs, crop_grid, t2.grid)
+    with _timed(timings, "postprocess"):
+        masks = {}
+        for i, name in enumerate(spec.classes):
+            if post.soft:
+                masks[name] = mask_image(native_probs[i], t2.image)
+            else:
+                masks[name] = mask_image(postprocess(native_probs[i], post.classes[name], t2.grid.voxel_volume_mm3), t2.image)
+        cord_native = np.zeros(t2.grid.shape, np.uint8) if cord is None else (to_native(cord[None].astype(np.float32), block, t2.grid)[0] >= 0.5)
+        box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, t2.grid, order=0)[0]
+    return Result(
+        masks=masks,
+        cord=mask_image(cord_native.astype(np.uint8), t2.image),
+        box=mask_image(box_native.astype(np.uint8), t2.image),
+        box_mm=crop_grid.corners_mm()[[0, -1]].round(2).tolist(),
+        cord_found=cord is not None,
+        timings=timings,
+    )
+
+
+def _bar(enabled: bool, shape, spec: ModelSpec):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    from .inference import n_windows
+
+    bar = tqdm(total=n_windows(shape, spec.patch_size, spec.stride), desc="segmenting", unit="patch", leave=False)
+    return bar.update
+
+
+class Predictor:
+    """The task's two models, loaded once; call it on as many cases as needed.
+
+    ``versions`` pins model versions ({model name: version}); ``model_files`` bypasses the
+    download/cache step with explicit ONNX paths (still checked against the registry spec).
+    """
+
+    def __init__(
+        self,
+        task: str = DEFAULT_TASK,
+        *,
+        versions: Mapping[str, str] | None = None,
+        runtime: RuntimeOptions = RuntimeOptions(),
+        registry: Registry | None = None,
+        offline: bool = False,
+        progress: bool = False,
+    ):
+        self.registry = registry or load_registry()
+        self.task = self.registry.task(task)
+        versions = dict(versions or {})
+        unknown = set(versions) - {self.task.localizer, self.task.segmenter}
+        if unknown:
+            raise DeepsegError(f"no model named {', '.join(sorted(unknown))} in task {self.task.name}: models are {self.task.localizer}, {self.task.segmenter}")
+        self.progress = progress
+        self.runtime = runtime
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the last run_files call
+        self.localizer = self._load(self.task.localizer, versions.get(self.task.localizer), offline)
+        self.segmenter = self._load(self.task.segmenter, versions.get(self.task.segmenter), offline)
+
+    def _load(self, name: str, version: str | None, offline: bool) -> OnnxModel:
+        from .download import ensure_model
+
+        spec = self.registry.model(name, version)
+        return OnnxModel(ensure_model(spec, offline=offline, progress=self.progress), spec, self.runtime)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.segmenter.spec.classes
+
+    def default_postprocessing(self) -> PostprocessConfig:
+        return PostprocessConfig.from_defaults(self.segmenter.spec.postprocessing)
+
+    def __call__(self, t2, t1, post: PostprocessConfig | None = None) -> Result:
+        """Segment one case: ``t2``/``t1`` are paths or nibabel images (any orientation)."""
+        t2v, t1v = _volume(t2, "T2w"), _volume(t1, "T1w")
+        return segment(t2v, t1v, self.localizer, self.segmenter, post or self.default_postprocessing(), self.progress)
+
+    def provenance(self) -> dict:
+        return {
+            "Name": "deepseg-imsct",
+            "Version": __version__,
+            "Task": self.task.name,
+            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256} for m in (self.localizer, self.segmenter)},
+        }
+
+    def run_files(
+        self,
+        t2_path: Path | str,
+        t1_path: Path | str,
+        out_dir: Path | str | None = None,
+        post: PostprocessConfig | None = None,
+        qc: bool = False,
+        command: str | None = None,
+    ) -> dict[str, Path]:
+        """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) atomically.
+
+        Output folder: ``out_dir`` or the T2w's folder. ``qc`` adds the cord mask (``_seg-cord``)
+        and the crop box (``_cropbox``). Returns {output name: path}.
+        """
+        post = post or self.default_postprocessing()
+        timings: dict[str, float] = {}
+        with _timed(timings, "load"):
+            t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
+        if t2.path.resolve() == t1.path.resolve():
+            raise DeepsegError(f"the same file {t2.path} was given as T2w and T1w: give the T2w and the gadolinium T1w")
+        result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
+        self.last_timings = {**timings, **result.timings}
+        folder = Path(out_dir) if out_dir else t2.path.parent
+        stem = nifti_stem(t2.path)
+        outputs = {f"seg-{name}": img for name, img in result.masks.items()}
+        if qc:
+            outputs.update({"seg-cord": result.cord, "cropbox": result.box})
+        sidecar = {
+            "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
+            "Sources": {"T2w": str(t2.path), "T1w": str(t1.path)},
+            "Postprocessing": post.as_dict(),
+            "Runtime": vars(self.runtime),
+            "CropBoxScannerMm": result.box_mm,
+            "CordFound": result.cord_found,
+        }
+        paths = {key: folder / f"{stem}_{key}.nii.gz" for key in outputs}
+        with _timed(self.last_timings, "write"):
+            write_outputs(
+                {paths[k]: outputs[k] for k in outputs},
+                {paths[k].with_name(paths[k].name[: -len(".nii.gz")] + ".json"): {**sidecar, "Output": k} for k in outputs},
+            )
+        return paths
+
+
+def _volume(source, role: str) -> Volume:
+    if isinstance(source, Volume):
+        return source
+    if isinstance(source, (str, Path)):
+        return load_volume(source, role)
+    return as_volume(source, role)
+
+
+def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, **kwargs) -> dict[str, Path]:
+    """One-call API: build a :class:`Predictor` and segment one pair of files."""
+    return Predictor(task).run_files(t2_path, t1_path, out_dir, **kwargs)

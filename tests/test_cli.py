@@ -1,0 +1,111 @@
+"""The command: options, outputs, one-line errors (analytic models through $DEEPSEG_IMSCT_REGISTRY)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepseg_imsct import cli
+from deepseg_imsct.errors import DeepsegError
+
+from onnx_models import CLASSES, write_registry
+from test_pipeline import write_case
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch) -> Path:
+    path = write_registry(tmp_path / "models")
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
+    return path
+
+
+def test_segments_and_prints_the_viewer_command(registry, tmp_path, capsys):
+    t2, t1 = write_case(tmp_path / "in")
+    assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(t2), str(t1), "-o", str(tmp_path / "out"), "-qc"]) == 0
+    names = {p.name for p in (tmp_path / "out").glob("*.nii.gz")}
+    assert names == {f"sub-01_T2w_seg-{c}.nii.gz" for c in [*CLASSES, "cord"]} | {"sub-01_T2w_cropbox.nii.gz"}
+    err = capsys.readouterr().err
+    assert "fsleyes " + str(t2) in err and "seg-tumor.nii.gz -cm red" in err
+
+
+def test_contrast_order_option_reorders_inputs(registry, tmp_path):
+    t2, t1 = write_case(tmp_path)
+    assert cli.main(["-i", str(t2), str(t1), "-o", str(tmp_path / "a")]) == 0
+    assert cli.main(["-i", str(t1), str(t2), "-c", "t1", "t2", "-o", str(tmp_path / "b")]) == 0
+    for c in CLASSES:
+        a = nib.load(tmp_path / "a" / f"sub-01_T2w_seg-{c}.nii.gz").get_fdata()
+        b = nib.load(tmp_path / "b" / f"sub-01_T2w_seg-{c}.nii.gz").get_fdata()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_per_class_options_reach_the_sidecar(registry, tmp_path):
+    import json
+
+    t2, t1 = write_case(tmp_path)
+    argv = ["-i", str(t2), str(t1), "-thr", "0.3", "0.4", "0.5", "0.6", "-remove-small", "edema=300mm3", "tumor=0.1",
+            "-fill-holes", "0"]
+    assert cli.main(argv) == 0
+    side = json.loads((tmp_path / "sub-01_T2w_seg-edema.json").read_text())
+    assert side["Postprocessing"]["classes"]["edema"] == {"threshold": 0.4, "fill_holes": False, "min_volume_cm3": 0.3}
+    assert side["Postprocessing"]["classes"]["tumor"]["min_volume_cm3"] == 0.1
+    assert side["GeneratedBy"][0]["CommandLine"].startswith("imsct_deepseg -i ")
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [(["0.2"], {c: 0.2 for c in CLASSES}), (["200mm3"], {c: 0.2 for c in CLASSES}), (["1cm3"], {c: 1.0 for c in CLASSES}),
+     (["1", "2", "3", "4"], dict(zip(CLASSES, [1.0, 2.0, 3.0, 4.0]))), (["cavity=5e2mm3"], {"cavity": 0.5})],
+)
+def test_volume_values_with_units(values, expected):
+    assert cli.per_class(values, CLASSES, cli.volume_cm3, "-remove-small") == expected
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [(["1", "2"], "takes 1 value, 4 values"), (["0.2vox"], "not a volume"), (["brain=1"], "unknown class brain")],
+)
+def test_bad_per_class_values_are_clear_errors(values, message):
+    with pytest.raises(DeepsegError, match=message):
+        cli.per_class(values, CLASSES, cli.volume_cm3, "-remove-small")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["-i", "missing_T2w.nii.gz", "missing_T1w.nii.gz"], "T2w file not found: missing_T2w.nii.gz"),
+        (["-i", "only_one.nii.gz"], "-i needs 2 files"),
+        (["-i", "a.nii", "b.nii", "-c", "t2", "t2"], "-c must name each of t2 t1 once"),
+        (["-i", "a.nii", "b.nii", "-thr", "1.5"], None),
+        (["no_such_task", "-i", "a.nii", "b.nii"], "unknown task 'no_such_task'"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(registry, tmp_path, capsys, argv, message):
+    if "-thr" in argv:
+        t2, t1 = write_case(tmp_path)
+        argv = ["-i", str(t2), str(t1), "-thr", "1.5"]
+        message = "not a probability in \\[0, 1\\]"
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr().err
+    assert "verifying" not in captured  # user errors are found before any model is loaded
+    err = [line for line in captured.splitlines() if line.startswith("imsct_deepseg:")]
+    assert len(err) == 1 and err[0].startswith("imsct_deepseg: error: ")
+    assert __import__("re").search(message, err[0])
+
+
+def test_list_tasks_and_install_from_folder(registry, tmp_path, capsys):
+    assert cli.main(["-list-tasks"]) == 0
+    listing = capsys.readouterr().out
+    assert "seg_tumor-edema-cavity_t1-t2 (alias: tumor_edema_cavity_t1_t2)" in listing
+    assert "model loc 1.0" in listing and "model seg 1.0" in listing
+    assert cli.main(["-install", "--from", str(registry.parent)]) == 0
+
+
+def test_command_does_not_import_torch_or_onnxruntime_for_help():
+    code = "import sys; from deepseg_imsct import cli; cli.build_parser(); import deepseg_imsct.pipeline; " \
+           "print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

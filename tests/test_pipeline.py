@@ -1,0 +1,145 @@
+"""The cascade end to end with analytic ONNX models: geometry, outputs, failure modes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepseg_imsct.errors import DeepsegError
+from deepseg_imsct.pipeline import Predictor
+from deepseg_imsct.registry import load_registry
+
+import synthetic
+from onnx_models import write_registry
+
+ORIENTATIONS = [("PSR", (0.8, 0.8, 3.0), (160, 200, 14)), ("RAS", (3.0, 0.7, 0.9), (14, 180, 180)),
+                ("LPI", (3.5, 0.6, 0.6), (12, 210, 260)), ("SAL", (1.0, 1.0, 2.5), (150, 120, 16))]
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    folder = tmp_path_factory.mktemp("models")
+    return Predictor(registry=load_registry(write_registry(folder)))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def centroid_mm(img: nib.Nifti1Image) -> np.ndarray:
+    idx = np.argwhere(np.asanyarray(img.dataobj) > 0).mean(axis=0)
+    return img.affine[:3, :3] @ idx + img.affine[:3, 3]
+
+
+@pytest.mark.parametrize("axcodes,zooms,shape", ORIENTATIONS)
+def test_masks_are_on_the_t2w_grid_and_right_in_scanner_space(predictor, axcodes, zooms, shape):
+    t2, t1, truth = synthetic.case(axcodes, zooms, shape)
+    result = predictor(t2, t1)
+    assert set(result.masks) == {"tumor", "edema", "cavity", "whole-tumor"}
+    for img in [*result.masks.values(), result.cord, result.box]:
+        assert img.shape == t2.shape
+        np.testing.assert_array_equal(img.affine, t2.affine)
+        assert img.get_data_dtype() == np.uint8
+        assert int(img.header["qform_code"]) == int(t2.header["qform_code"])
+        assert int(img.header["sform_code"]) == int(t2.header["sform_code"])
+    tumor = np.asanyarray(result.masks["tumor"].dataobj) > 0
+    assert dice(tumor, truth) > 0.7  # the analytic model thresholds low: partial volume dilates a little
+    np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=1.0)
+    assert result.cord_found
+    box = np.asanyarray(result.box.dataobj) > 0
+    assert box[truth].all()  # the crop contains the lesion
+
+
+def test_t1w_on_its_own_grid_gives_the_same_masks(predictor):
+    t2, t1_same, _ = synthetic.case()
+    other_affine = synthetic.sagittal_affine("RAS", (2.5, 0.5, 0.6), (20, 300, 300), centre=(1.0, -3.0, 5.0))
+    _, t1_other, _ = synthetic.case(t1_grid=((20, 300, 300), other_affine))
+    a = np.asanyarray(predictor(t2, t1_same).masks["tumor"].dataobj) > 0
+    b = np.asanyarray(predictor(t2, t1_other).masks["tumor"].dataobj) > 0
+    assert dice(a, b) > 0.85
+
+
+def test_fields_of_view_that_do_not_overlap_are_refused(predictor):
+    t2, _, _ = synthetic.case()
+    far = synthetic.sagittal_affine("PSR", (0.8, 0.8, 3.0), (160, 200, 14), centre=(0.0, 0.0, 400.0))
+    _, t1, _ = synthetic.case(t1_grid=((160, 200, 14), far))
+    with pytest.raises(DeepsegError, match="overlap on only 0%"):
+        predictor(t2, t1)
+
+
+def test_no_cord_found_warns_and_segments_the_whole_field_of_view(predictor, caplog):
+    t2, t1, _ = synthetic.case()
+    flat = nib.Nifti1Image(np.full(t2.shape, 50, np.int16), t2.affine)
+    with caplog.at_level(logging.WARNING):
+        result = predictor(flat, t1)
+    assert not result.cord_found and "found no spinal cord" in caplog.text
+    assert (np.asanyarray(result.box.dataobj) > 0).all()
+    assert np.asanyarray(result.masks["tumor"].dataobj).sum() > 0
+
+
+def test_soft_output_is_probabilities(predictor):
+    t2, t1, truth = synthetic.case()
+    post = predictor.default_postprocessing().with_overrides(soft=True)
+    prob = np.asanyarray(predictor(t2, t1, post).masks["tumor"].dataobj)
+    assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+    assert prob[truth].mean() > 0.5 > prob[~truth].mean()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_case(folder: Path, **kwargs) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t2, t1, _ = synthetic.case(**kwargs)
+    nib.save(t2, folder / "sub-01_T2w.nii.gz")
+    nib.save(t1, folder / "sub-01_T1w.nii.gz")
+    return folder / "sub-01_T2w.nii.gz", folder / "sub-01_T1w.nii.gz"
+
+
+def test_run_files_writes_named_outputs_with_sidecars_and_leaves_inputs_alone(predictor, tmp_path):
+    t2, t1 = write_case(tmp_path / "in")
+    before = (sha(t2), sha(t1))
+    paths = predictor.run_files(t2, t1, qc=True)
+    assert (sha(t2), sha(t1)) == before
+    names = sorted(p.name for p in (tmp_path / "in").iterdir())
+    expected = [f"sub-01_T2w_{k}.{e}" for k in ("cropbox", "seg-cavity", "seg-cord", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
+    assert names == sorted(expected + ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"])
+    sidecar = json.loads(paths["seg-tumor"].with_name("sub-01_T2w_seg-tumor.json").read_text())
+    assert sidecar["GeneratedBy"][0]["Models"]["seg"]["version"] == "1.0"
+    assert sidecar["Postprocessing"]["classes"]["edema"]["threshold"] == 0.5
+    assert sidecar["Sources"]["T1w"] == str(t1)
+    assert nib.load(paths["seg-tumor"]).get_fdata().sum() > 0
+
+
+def test_a_failing_write_leaves_no_partial_file_and_earlier_outputs_intact(predictor, tmp_path, monkeypatch):
+    t2, t1 = write_case(tmp_path)
+    out = tmp_path / "out"
+    first = predictor.run_files(t2, t1, out)
+    before = {p: sha(p) for p in out.iterdir()}
+    calls = {"n": 0}
+    real = nib.Nifti1Image.to_bytes
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_bytes", flaky)
+    post = predictor.default_postprocessing().with_overrides(threshold=0.9)
+    with pytest.raises(DeepsegError, match="No space left on device.*nothing was written"):
+        predictor.run_files(t2, t1, out, post)
+    assert {p: sha(p) for p in out.iterdir()} == before
+    assert set(first.values()) <= set(out.iterdir())
+
+
+def test_same_file_twice_is_refused(predictor, tmp_path):
+    t2, _ = write_case(tmp_path)
+    with pytest.raises(DeepsegError, match="same file"):
+        predictor.run_files(t2, t2)
