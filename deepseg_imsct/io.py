@@ -90,6 +90,8 @@ def as_volume(image: nib.spatialimages.SpatialImage, role: str, path: Path | Non
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DeepsegError(f"{where} has a degenerate voxel-to-scanner affine: fix its header (qform/sform)")
+    _warn_if_qform_sform_differ(image, where)
+    check_memory(shape, where)
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:
@@ -98,7 +100,45 @@ def as_volume(image: nib.spatialimages.SpatialImage, role: str, path: Path | Non
     if bad.any():
         log.warning("%s has %d NaN/Inf voxels: treated as 0", where, int(bad.sum()))
         data = np.where(bad, np.float32(0), data)
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise DeepsegError(f"{where} is constant (every voxel is {low:g}): it holds no image; check the export")
     return Volume(data, Grid(tuple(int(n) for n in shape), affine), image, path)
+
+
+# Peak working memory per native voxel: the float32 image, its copy on the working grid and the
+# four float32 class probabilities resampled back (measured with bench/bench_pipeline.py).
+BYTES_PER_VOXEL = 4 * 8
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(shape: tuple[int, ...], where: str) -> None:
+    """Refuse, before allocating, an image this machine cannot process (estimate in GB)."""
+    need = int(np.prod(shape[:3], dtype=np.int64)) * BYTES_PER_VOXEL
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise DeepsegError(
+            f"{where} has {'x'.join(map(str, shape))} voxels: processing it needs about {need / 1e9:.1f} GB of memory "
+            f"but {have / 1e9:.1f} GB is available; crop or downsample it, or close other programs"
+        )
+
+
+def _warn_if_qform_sform_differ(image: nib.Nifti1Image, where: str) -> None:
+    header = image.header
+    if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
+        if not np.allclose(image.get_qform(), image.get_sform(), atol=1e-3):
+            log.warning("%s has a qform and an sform that disagree: using the sform, as nibabel and FSL do", where)
 
 
 def mask_image(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:

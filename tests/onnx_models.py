@@ -64,6 +64,7 @@ def write_registry(
     level: float = 1.0,
     safety=(1.2, 1.2, 1.0),
     seg_post: dict | None = None,
+    loc_min_volume_cm3: float = 0.0,
 ) -> Path:
     """A complete registry in ``folder`` with analytic localizer and segmenter files.
 
@@ -89,7 +90,7 @@ def write_registry(
         "models": {
             "loc": {"default_version": "1.0", "versions": {"1.0": entry(
                 loc, contrasts=["t2"], spacing_mm=list(loc_spacing), patch_size=list(loc_patch), classes=["cord"],
-                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": 0.0}})}},
+                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}})}},
             "seg": {"default_version": "1.0", "versions": {"1.0": entry(
                 seg, contrasts=["t2", "t1"], spacing_mm=list(seg_spacing), patch_size=list(seg_patch),
                 stride=list(seg_stride), classes=CLASSES, safety_factor=list(safety),

@@ -72,11 +72,12 @@ def test_fields_of_view_that_do_not_overlap_are_refused(predictor):
         predictor(t2, t1)
 
 
-def test_no_cord_found_warns_and_segments_the_whole_field_of_view(predictor, caplog):
+def test_no_cord_found_warns_and_segments_the_whole_field_of_view(tmp_path, caplog):
+    """A localizer whose cord components are all implausibly small (< 1000 cm³ here) finds none."""
+    predictor = Predictor(registry=load_registry(write_registry(tmp_path, loc_min_volume_cm3=1000.0)))
     t2, t1, _ = synthetic.case()
-    flat = nib.Nifti1Image(np.full(t2.shape, 50, np.int16), t2.affine)
     with caplog.at_level(logging.WARNING):
-        result = predictor(flat, t1)
+        result = predictor(t2, t1)
     assert not result.cord_found and "found no spinal cord" in caplog.text
     assert (np.asanyarray(result.box.dataobj) > 0).all()
     assert np.asanyarray(result.masks["tumor"].dataobj).sum() > 0
@@ -137,6 +138,13 @@ def test_a_failing_write_leaves_no_partial_file_and_earlier_outputs_intact(predi
         predictor.run_files(t2, t1, out, post)
     assert {p: sha(p) for p in out.iterdir()} == before
     assert set(first.values()) <= set(out.iterdir())
+
+
+def test_constant_image_is_refused(predictor):
+    t2, t1, _ = synthetic.case()
+    flat = nib.Nifti1Image(np.full(t2.shape, 50, np.int16), t2.affine)
+    with pytest.raises(DeepsegError, match="T2w image is constant \\(every voxel is 50\\)"):
+        predictor(flat, t1)
 
 
 def test_same_file_twice_is_refused(predictor, tmp_path):

@@ -1,0 +1,135 @@
+"""Time each stage of the cascade and report peak memory, on volumes of clinical size.
+
+Usage (from the repository root)::
+
+    python bench/bench_pipeline.py                 # paper-average volume, 5 runs after a warm-up
+    python bench/bench_pipeline.py --size large    # 1024x1024x30 at 0.35x0.35x3 mm
+    python bench/bench_pipeline.py --threads 2 --repeat 10
+
+Each configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
+is its own. Test volumes come from the project's phantom generator (imsct_train.phantoms) when
+it is installed, else from a simple built-in analytic phantom of the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {  # name: (shape (AP, SI, RL voxels), voxel mm) of a sagittal acquisition
+    "paper": ((545, 545, 20), (0.6, 0.6, 3.68)),
+    "large": ((1024, 1024, 30), (0.35, 0.35, 3.0)),
+    "small": ((256, 256, 14), (0.8, 0.8, 3.5)),
+}
+STAGES = ["load", "localize", "crop", "segment", "resample_back", "postprocess", "write"]
+
+
+def make_case(folder: Path, size: str, seed: int = 0) -> tuple[Path, Path]:
+    """Write a T2w/T1w pair of the requested size into ``folder``."""
+    import nibabel as nib
+
+    shape, zooms = SIZES[size]
+    try:
+        from imsct_train.phantoms import generate_case
+
+        case = generate_case(seed, shape=shape, voxel_mm=zooms, t1_same_grid=True)
+        t2, t1 = case.t2w, case.t1w
+    except (ImportError, TypeError):
+        t2, t1 = _analytic_case(shape, zooms, seed)
+    paths = folder / "bench_T2w.nii.gz", folder / "bench_T1w.nii.gz"
+    nib.save(t2, paths[0])
+    nib.save(t1, paths[1])
+    return paths
+
+
+def _analytic_case(shape, zooms, seed):
+    """A bright cord tube (T2w) with an enhancing ball (T1w) in noisy tissue, PSR axes, int16."""
+    import nibabel as nib
+    import numpy as np
+
+    affine = np.zeros((4, 4))
+    affine[1, 0], affine[2, 1], affine[0, 2], affine[3, 3] = -zooms[0], zooms[1], zooms[2], 1
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
+    rng = np.random.default_rng(seed)
+    ap = (np.arange(shape[0]) - shape[0] / 2) * zooms[0]
+    rl = (np.arange(shape[2]) - shape[2] / 2) * zooms[2]
+    si = (np.arange(shape[1]) - shape[1] / 2) * zooms[1]
+    cord = (ap[:, None, None] / 4) ** 2 + (rl[None, None, :] / 6) ** 2 <= 1
+    cord = np.broadcast_to(cord, shape)
+    ball = ap[:, None, None] ** 2 + (si[None, :, None] - 20) ** 2 + rl[None, None, :] ** 2 <= 36
+    t2 = rng.normal(300, 20, shape).astype(np.float32)
+    t2[cord] = 700
+    t1 = rng.normal(300, 20, shape).astype(np.float32)
+    t1[ball] = 900
+    return (nib.Nifti1Image(t2.astype(np.int16), affine), nib.Nifti1Image(t1.astype(np.int16), affine))
+
+
+def run_once(t2: Path, t1: Path, out: Path, threads: int, repeat: int) -> dict:
+    """In this process: build the predictor, warm up, then ``repeat`` timed runs."""
+    t0 = time.perf_counter()
+    import deepseg_imsct.cli  # noqa: F401  (import cost of the command)
+
+    from deepseg_imsct.inference import RuntimeOptions
+    from deepseg_imsct.pipeline import Predictor
+
+    t_import = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictor = Predictor(runtime=RuntimeOptions(threads=threads))
+    t_models = time.perf_counter() - t0
+    predictor.run_files(t2, t1, out)  # warm-up
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        predictor.run_files(t2, t1, out)
+        runs.append({**predictor.last_timings, "total": time.perf_counter() - t0})
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"import_s": t_import, "model_load_s": t_models, "runs": runs, "peak_rss_mb": peak_mb}
+
+
+def table(report: dict, label: str) -> str:
+    runs = report["runs"]
+    lines = [f"### {label}", "", "| stage | median s | min s |", "|---|---|---|"]
+    for stage in STAGES + ["total"]:
+        values = [r.get(stage, 0.0) for r in runs]
+        lines.append(f"| {stage} | {statistics.median(values):.3f} | {min(values):.3f} |")
+    lines += [
+        f"| import (once) | {report['import_s']:.3f} | |",
+        f"| model load (once) | {report['model_load_s']:.3f} | |",
+        "",
+        f"peak resident memory: {report['peak_rss_mb']:.0f} MB; "
+        f"first-run estimate (import + load + median total): "
+        f"{report['import_s'] + report['model_load_s'] + statistics.median(r['total'] for r in runs):.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="paper")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--child", nargs=3, metavar=("T2", "T1", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        report = run_once(Path(args.child[0]), Path(args.child[1]), Path(args.child[2]), args.threads, args.repeat)
+        print(json.dumps(report))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        t2, t1 = make_case(Path(tmp), args.size)
+        cmd = [sys.executable, __file__, "--child", str(t2), str(t1), str(Path(tmp) / "out"),
+               "--repeat", str(args.repeat), "--threads", str(args.threads)]
+        report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    shape, zooms = SIZES[args.size]
+    print(table(report, f"{args.size}: {'x'.join(map(str, shape))} voxels at {'x'.join(map(str, zooms))} mm, "
+                        f"threads={args.threads or 'default'}, {args.repeat} runs after a warm-up"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
