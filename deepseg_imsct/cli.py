@@ -151,7 +151,7 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict) -
 
 def viewer_command(t2: str, t1: str, outputs: dict) -> str:
     colours = {"seg-tumor": "red", "seg-edema": "green", "seg-cavity": "blue", "seg-whole-tumor": "yellow", "seg-cord": "copper"}
-    parts = ["fsleyes", shlex.quote(t2), shlex.quote(t1), "-dr", "0", "0"]
+    parts = ["fsleyes", shlex.quote(t2), shlex.quote(t1)]
     for key, path in outputs.items():
         if key in colours:
             parts += [shlex.quote(str(path)), "-cm", colours[key], "-a", "70"]
