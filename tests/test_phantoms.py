@@ -1,0 +1,261 @@
+"""Tests of the synthetic IMSCT phantom generator (training side: imsct_train.phantoms).
+
+Images are generated at reduced size (``render_scale``) to keep the file fast.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+
+from imsct_train.phantoms import (LABEL_KEYS, SPLITS, case_paths, generate_case, sample_case_params,  # noqa: E402
+                                  split_of, split_seeds, write_dataset)
+from imsct_train.phantoms.lesions import hard_case_flags  # noqa: E402
+from imsct_train.phantoms.reference import builtin_reference, load_reference  # noqa: E402
+
+FAST = {"render_scale": 0.3, "n_slices": 10}
+SHARED = Path(os.environ.get("IMSCT_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
+needs_shared = pytest.mark.skipif(not (SHARED / "labels" / "pam50").is_dir(),
+                                  reason=f"shared data not found at {SHARED} (set IMSCT_SHARED_DATA)")
+
+
+def _arr(img: nib.Nifti1Image) -> np.ndarray:
+    return np.asarray(img.dataobj)
+
+
+@pytest.fixture(scope="module")
+def lesion_cases():
+    """One case per tumor type with cavity and edema forced, plus a healthy case."""
+    out = {}
+    for seed, ttype in ((11, "ependymoma"), (12, "astrocytoma"), (13, "hemangioblastoma")):
+        out[ttype] = generate_case(seed, tumor_type=ttype, has_cavity=True, has_edema=True, n_lesions=1,
+                                   lesion_overrides={"length": 40.0}, **FAST)
+    out["none"] = generate_case(14, tumor_type="none", **FAST)
+    return out
+
+
+# --------------------------------------------------------------------------------------- seeds
+
+
+def test_split_ranges_disjoint_and_split_seeds():
+    ranges = [SPLITS[s] for s in ("train", "val", "test", "custom")]
+    for i, (a0, a1) in enumerate(ranges):
+        for b0, b1 in ranges[i + 1:]:
+            assert a1 <= b0 or b1 <= a0
+    tr, va, te = split_seeds("train", 50), split_seeds("val", 50), split_seeds("test", 50)
+    assert not (set(tr) & set(va) or set(tr) & set(te) or set(va) & set(te))
+    assert {split_of(s) for s in tr} == {"train"} and {split_of(s) for s in te} == {"test"}
+    assert split_seeds("val", 3, first=100_005) == [100_005, 100_006, 100_007]
+    with pytest.raises(ValueError):
+        split_seeds("val", 20_000)
+    with pytest.raises(ValueError):
+        split_seeds("test", 5, first=5)
+
+
+# ------------------------------------------------------------------------------- determinism
+
+
+def test_deterministic_by_seed():
+    a = generate_case(5, **FAST)
+    b = generate_case(5, **FAST)
+    c = generate_case(6, **FAST)
+    for x, y in ((a.t2w, b.t2w), (a.t1w, b.t1w)):
+        np.testing.assert_array_equal(_arr(x), _arr(y))
+        np.testing.assert_array_equal(x.affine, y.affine)
+    for k in LABEL_KEYS:
+        np.testing.assert_array_equal(_arr(a.labels[k]), _arr(b.labels[k]))
+    assert a.meta["tumor_type"] == b.meta["tumor_type"]
+    assert _arr(a.t2w).shape != _arr(c.t2w).shape or not np.array_equal(_arr(a.t2w), _arr(c.t2w))
+
+
+def test_params_deterministic_and_overrides_do_not_shift_other_draws():
+    p1, p2 = sample_case_params(77), sample_case_params(77)
+    assert p1.to_dict() == p2.to_dict()
+    p3 = sample_case_params(77, n_slices=12)
+    assert p3.t2.n_slices == 12
+    assert p3.tumor_type == p1.tumor_type and p3.anatomy == p1.anatomy and p3.contrast == p1.contrast
+
+
+# ------------------------------------------------------------------------------------ labels
+
+
+@pytest.mark.parametrize("ttype", ["ependymoma", "astrocytoma", "hemangioblastoma", "none"])
+def test_label_consistency(lesion_cases, ttype):
+    case = lesion_cases[ttype]
+    lab = {k: _arr(case.labels[k]).astype(bool) for k in LABEL_KEYS}
+    for k in LABEL_KEYS:
+        assert case.labels[k].get_data_dtype() == np.uint8
+        assert case.labels[k].shape == case.t2w.shape
+        np.testing.assert_allclose(case.labels[k].affine, case.t2w.affine)
+    np.testing.assert_array_equal(lab["whole-tumor"], lab["tumor"] | lab["edema"] | lab["cavity"])
+    assert not (lab["tumor"] & lab["edema"]).any()
+    assert not (lab["tumor"] & lab["cavity"]).any()
+    assert not (lab["edema"] & lab["cavity"]).any()
+    assert not (lab["whole-tumor"] & ~lab["cord"]).any(), "lesions must lie inside the cord"
+    assert lab["cord"].sum() > 100
+    if ttype == "none":
+        assert not lab["whole-tumor"].any()
+    else:
+        assert lab["tumor"].any() and lab["cavity"].any() and lab["edema"].any()
+
+
+def test_lesion_signal_follows_its_type(lesion_cases):
+    """Ependymoma: T2 above the cord; cavity: T2 brighter than the tumor core (on average)."""
+    case = lesion_cases["ependymoma"]
+    t2 = _arr(case.t2w).astype(float)
+    lab = {k: _arr(case.labels[k]).astype(bool) for k in LABEL_KEYS}
+    cord_only = lab["cord"] & ~lab["whole-tumor"]
+    assert t2[lab["tumor"]].mean() > t2[cord_only].mean()
+    assert t2[lab["edema"]].mean() > t2[cord_only].mean()
+
+
+# ---------------------------------------------------------------------------------- geometry
+
+
+def _check_affine(img: nib.Nifti1Image) -> None:
+    aff = img.affine
+    assert np.isfinite(aff).all() and abs(np.linalg.det(aff[:3, :3])) > 1e-3
+    q, qc = img.get_qform(coded=True)
+    s, sc = img.get_sform(coded=True)
+    assert qc == 1 and sc == 1
+    np.testing.assert_allclose(q, s, atol=1e-4)
+    np.testing.assert_allclose(s, aff, atol=1e-4)
+
+
+def _world(img: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask)
+    return ijk @ img.affine[:3, :3].T + img.affine[:3, 3]
+
+
+def _inside_grid(img: nib.Nifti1Image, pts: np.ndarray) -> np.ndarray:
+    ijk = (pts - img.affine[:3, 3]) @ np.linalg.inv(img.affine[:3, :3]).T
+    return np.all((ijk > -0.5) & (ijk < np.asarray(img.shape) - 0.5), axis=1)
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_geometry_and_t1_t2_overlap(own):
+    case = generate_case(21, t1_own_grid=own, tumor_type="ependymoma", **FAST)
+    for img in (case.t2w, case.t1w):
+        _check_affine(img)
+        assert img.get_data_dtype() == np.int16
+        assert _arr(img).max() > 100
+    if own:
+        assert case.t1w.shape != case.t2w.shape or not np.allclose(case.t1w.affine, case.t2w.affine)
+    else:
+        np.testing.assert_allclose(case.t1w.affine, case.t2w.affine)
+    cord = _world(case.t2w, _arr(case.labels["cord"]) > 0)
+    assert _inside_grid(case.t1w, cord).mean() > 0.8, "T1w must cover the T2w cord in scanner space"
+    # the cord fits the inference working block (512 SI x 256 AP x 64 RL mm)
+    ext = cord.max(axis=0) - cord.min(axis=0)
+    assert ext[2] < 512 and ext[1] < 256 and ext[0] < 64
+
+
+def test_orientations_vary():
+    codes = {sample_case_params(s).t2.orientation for s in range(60)}
+    assert len(codes) > 10
+    case = generate_case(3, orientation="PSR", **FAST)
+    assert "".join(nib.aff2axcodes(case.t2w.affine)) == "PSR"
+
+
+def test_acquisition_ranges():
+    for s in range(200):
+        p = sample_case_params(s)
+        g = p.t2
+        assert 10 <= g.n_slices <= 24 and 2.0 <= g.slice_mm <= 5.0 and 0.3 <= g.inplane_mm <= 1.0
+        assert 250 <= g.fov_si_mm <= 450 and 200 <= g.fov_ap_mm <= 300
+
+
+# ------------------------------------------------------------------------------------- rates
+
+
+def test_presence_rates_like_the_paper():
+    ps = [sample_case_params(s) for s in range(1200)]
+    tumors = [p for p in ps if p.tumor_type != "none"]
+    healthy = 1 - len(tumors) / len(ps)
+    cav = np.mean([p.has_cavity for p in tumors])
+    ede = np.mean([p.has_edema for p in tumors])
+    assert 0.05 < healthy < 0.16
+    assert 0.60 < cav < 0.73, cav
+    assert 0.44 < ede < 0.57, ede
+    kinds = {t: np.mean([p.tumor_type == t for p in tumors]) for t in ("astrocytoma", "ependymoma", "hemangioblastoma")}
+    assert all(0.15 < v < 0.5 for v in kinds.values()), kinds
+    flags = [hard_case_flags(p.lesions) for p in tumors]
+    assert np.mean([f["hard_nonenhancing"] for f in flags]) > 0.05
+    assert np.mean([f["low_signal_cavity"] for f in flags]) > 0.05
+    assert np.mean([p.n_lesions > 1 for p in tumors]) > 0.08
+    lengths = [l.length for p in tumors for l in p.lesions]
+    assert min(lengths) < 10 and max(lengths) > 100
+    assert all(p.has_cavity == any(l.cavity_above + l.cavity_below > 0 for l in p.lesions) for p in tumors)
+    assert {p.coverage for p in ps} == {"cervical", "cervical-thoracic", "thoracic", "thoraco-lumbar", "lumbar"}
+    assert 0.2 < np.mean([p.t1_own_grid for p in ps]) < 0.4
+
+
+# ----------------------------------------------------------------------------- shared data
+
+
+@needs_shared
+def test_reference_from_shared_data():
+    ref = load_reference(str(SHARED))
+    assert ref.source.startswith("pam50")
+    assert len(ref.subject_scales) >= 5
+    assert 12 < ref.height[2] < 25 and 25 < ref.height[18] < 40  # C3, T12 segment heights (mm)
+    assert 10 < ref.cord_rl[4] < 15 and 5 < ref.cord_ap[4] < 9  # cervical enlargement (mm)
+
+
+def test_generator_works_without_shared_data(tmp_path):
+    case = generate_case(9, data_dir=str(tmp_path), tumor_type="astrocytoma", **FAST)
+    assert case.meta["reference_source"] == builtin_reference().source == "builtin"
+    assert _arr(case.labels["cord"]).any()
+
+
+# ------------------------------------------------------------------------------ dataset / CLI
+
+
+def test_write_dataset_bids_and_cli(tmp_path):
+    from imsct_train.phantoms.cli import main_montage, main_phantoms
+
+    rows = write_dataset(tmp_path / "ds", [100_000, 100_001], jobs=1, overrides=FAST, progress=False)
+    assert [r["participant_id"] for r in rows] == ["sub-0100000", "sub-0100001"]
+    rc = main_phantoms(["-o", str(tmp_path / "ds"), "--split", "val", "-n", "2", "--first-seed", "100002",
+                        "-j", "2", "--set", "render_scale=0.3", "--set", "n_slices=10"])
+    assert rc == 0
+    with (tmp_path / "ds" / "participants.tsv").open() as fh:
+        table = list(csv.DictReader(fh, delimiter="\t"))
+    assert [r["participant_id"] for r in table] == [f"sub-010000{i}" for i in range(4)]
+    assert {"tumor_type", "coverage", "seed"} <= set(table[0])
+    for r in table:
+        for pth in case_paths(tmp_path / "ds", r["participant_id"]).values():
+            assert pth.exists(), pth
+        assert r["split"] == "val"
+    out = tmp_path / "m.png"
+    assert main_montage(["-i", str(tmp_path / "ds"), "-o", str(out), "--real"]) == 0
+    assert 0 < out.stat().st_size < 500_000
+
+
+def test_testing_data_case():
+    root = REPO / "testing_data"
+    paths = case_paths(root, "sub-test01")
+    for pth in paths.values():
+        assert pth.exists(), pth
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total < 3.2e6
+    t2, t1 = nib.load(str(paths["t2w"])), nib.load(str(paths["t1w"]))
+    assert t2.get_data_dtype() == np.int16 and t1.get_data_dtype() == np.int16
+    assert t1.shape != t2.shape  # T1w on its own grid
+    zooms = sorted(t2.header.get_zooms())
+    assert zooms[0] == pytest.approx(0.8, abs=0.01) and zooms[2] == pytest.approx(3.5, abs=0.01)
+    labs = {k: np.asarray(nib.load(str(paths[k])).dataobj) for k in LABEL_KEYS}
+    for k in ("tumor", "edema", "cavity"):
+        assert labs[k].dtype == np.uint8 and labs[k].any() and labs[k].shape == t2.shape
+    with (root / "participants.tsv").open() as fh:
+        row = next(csv.DictReader(fh, delimiter="\t"))
+    assert row["participant_id"] == "sub-test01" and row["tumor_type"] == "ependymoma"
+    assert row["coverage"] == "cervical-thoracic"

@@ -1,0 +1,139 @@
+"""Acquisition effects on rendered images and NIfTI output.
+
+Texture, gamma, coil sensitivity / bias field, blur, Gibbs ringing, motion ghosts, Rician
+noise, FOV cut-offs and saturation bands, int16 scaling, re-orientation to the stored axis
+codes. Arrays are canonical (RL, AP, SI) until :func:`to_nifti`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates, zoom
+
+LOG = logging.getLogger(__name__)
+
+
+def texture_field(anat: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """Smooth zero-mean texture (about unit SD) sampled at anatomy points (3, RL, AP, SI), mm.
+
+    The field lives in anatomy space, so T1w and T2w share it even on different grids.
+    """
+    rng = np.random.default_rng(seed)
+    sub = anat[:, :, ::step, ::step]
+    lo = sub.reshape(3, -1).min(axis=1) - 4
+    hi = sub.reshape(3, -1).max(axis=1) + 4
+    vals = np.zeros(sub.shape[1:], np.float32)
+    for cell, sigma, amp in ((2.0, 0.8, 0.55), (8.0, 1.0, 0.2)):
+        shape = tuple(int(x) for x in np.ceil((hi - lo) / cell) + 1)
+        field = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
+        field /= field.std() + 1e-6
+        coords = (sub.reshape(3, -1) - lo[:, None]) / cell
+        vals += amp * map_coordinates(field, coords, order=1, mode="nearest").reshape(sub.shape[1:])
+    if step > 1:
+        fac = (1, anat.shape[2] / vals.shape[1], anat.shape[3] / vals.shape[2])
+        vals = zoom(vals, fac, order=1)[:, : anat.shape[2], : anat.shape[3]]
+        pad = [(0, 0), (0, anat.shape[2] - vals.shape[1]), (0, anat.shape[3] - vals.shape[2])]
+        vals = np.pad(vals, pad, mode="edge")
+    return vals.astype(np.float32)
+
+
+def bias_field(shape: tuple[int, int, int], u_mm: np.ndarray, art: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Coil sensitivity (decays anteriorly from the posterior spine coil) x smooth polynomial."""
+    falloff = np.exp(-np.clip(u_mm + 60.0, 0, None) / art["coil_falloff_mm"])
+    x, y, z = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
+    c = rng.normal(0, art["bias_strength"], 7).astype(np.float32)
+    y, z, x = y[None, :, None], z[None, None, :], x[:, None, None]
+    poly = c[0] * y + c[1] * z + c[2] * y * z + c[3] * z ** 2 + c[4] * y ** 2 + 0.3 * c[5] * x + 0.5 * c[6] * np.sin(2 * z)
+    return (falloff * np.exp(poly)).astype(np.float32)
+
+
+def _kspace_artifacts(img: np.ndarray, art: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Gibbs ringing (k-space truncation) and motion / pulsation ghosts, per slice."""
+    if art["ringing"] >= 1.0 and art["ghost"] <= 0:
+        return img
+    from scipy import fft as sfft
+
+    k = np.fft.fftshift(sfft.fft2(img.astype(np.complex64), axes=(1, 2)), axes=(1, 2))
+    pe_axis = 1 + int(rng.integers(2))
+    n = img.shape[pe_axis]
+    if art["ringing"] < 1.0:
+        keep = int(n * art["ringing"] / 2)
+        mask = np.zeros(n, bool)
+        mask[n // 2 - keep: n // 2 + keep] = True
+        shp = [1, 1, 1]
+        shp[pe_axis] = n
+        k = k * mask.reshape(shp).astype(np.complex64)
+    if art["ghost"] > 0:
+        lines = rng.random(n) < 0.3
+        phase = np.exp(2j * np.pi * art["ghost_shift"] * (np.arange(n) - n / 2) / n)
+        mod = np.where(lines, 1 + art["ghost"] * 3 * (phase - 1), 1.0)
+        shp = [1, 1, 1]
+        shp[pe_axis] = n
+        k = k * mod.reshape(shp).astype(np.complex64)
+    return np.abs(sfft.ifft2(np.fft.ifftshift(k, axes=(1, 2)), axes=(1, 2))).astype(np.float32)
+
+
+def fov_cut_mask(shape: tuple[int, int, int], art: dict[str, Any]) -> "np.ndarray | None":
+    """Voxels outside the reconstructed FOV (zero band at one in-plane edge), or None."""
+    if art["fov_cut"] <= 0:
+        return None
+    side = art["fov_cut_side"]
+    ax = 1 if side < 2 else 2
+    m = int(shape[ax] * art["fov_cut"])
+    idx = np.arange(shape[ax])
+    band = idx < m if side % 2 == 0 else idx >= shape[ax] - m
+    return np.broadcast_to(band.reshape([1, -1, 1] if ax == 1 else [1, 1, -1]), shape)
+
+
+def _fov_effects(img: np.ndarray, art: dict[str, Any]) -> np.ndarray:
+    """Anterior saturation band and a zero band at one in-plane edge (FOV cut-off)."""
+    out = img
+    n_ap = img.shape[1]
+    if art["sat_band"] > 0:
+        start = int(n_ap * (1 - art["sat_band"]))
+        ramp = np.ones(n_ap, np.float32)
+        ramp[start:] = 0.15
+        out = out * ramp[None, :, None]
+    cut = fov_cut_mask(img.shape, art)
+    if cut is not None:
+        out = np.where(cut, np.float32(0), out)
+    return out
+
+
+def finish_image(base: np.ndarray, textured: np.ndarray, tex: np.ndarray, u_mm: np.ndarray,
+                 art: dict[str, Any], gamma: float, scale: float) -> np.ndarray:
+    """Noise-free rendering -> int16 magnitude image with all acquisition effects."""
+    rng = np.random.default_rng(art["field_seed"])
+    fine = gaussian_filter(rng.standard_normal(base.shape, dtype=np.float32), (0, 0.6, 0.6))
+    fine /= fine.std() + 1e-6
+    img = base + textured * (tex + 0.3 * fine)
+    img = np.clip(img, 0, None) ** gamma
+    img *= bias_field(base.shape, u_mm, art, rng)
+    if art["blur_vox"] > 0.05:
+        img = gaussian_filter(img, (0, art["blur_vox"], art["blur_vox"]))
+    img = _kspace_artifacts(img, art, rng)
+    sigma = art["noise"] * float(np.percentile(img, 99.5) + 1e-6) * 0.8
+    n1 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    n2 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    img = np.sqrt((img + n1) ** 2 + n2 ** 2)
+    img = _fov_effects(img.astype(np.float32), art)
+    img = img / (np.percentile(img, 99.7) + 1e-6) * scale
+    return np.clip(np.round(img), 0, 32767).astype(np.int16)
+
+
+def to_nifti(arr: np.ndarray, affine: np.ndarray, codes: str, dtype: type) -> nib.Nifti1Image:
+    """Canonical (RL, AP, SI) array + affine -> NIfTI in orientation ``codes`` (q/sform code 1)."""
+    img = nib.Nifti1Image(arr.astype(dtype), affine)
+    now = nib.orientations.io_orientation(affine)
+    want = nib.orientations.axcodes2ornt(tuple(codes))
+    out = img.as_reoriented(nib.orientations.ornt_transform(now, want))
+    data = np.ascontiguousarray(np.asanyarray(out.dataobj)).astype(dtype)
+    res = nib.Nifti1Image(data, out.affine)
+    res.header.set_data_dtype(dtype)
+    res.set_qform(out.affine, code=1)
+    res.set_sform(out.affine, code=1)
+    res.header.set_xyzt_units("mm", "sec")
+    return res

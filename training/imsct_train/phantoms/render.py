@@ -1,0 +1,264 @@
+"""Rendering: tissue classification of points and slice-profile integration on a grid.
+
+A :class:`Scene` holds the anatomy of one case in anatomy / cord coordinates. Any acquisition
+grid is rendered by sampling sub-slices across each slice's thickness (slice profile), so the
+images carry the partial volume of thick slices and the labels are reduced from the same
+sub-samples (fractions, thresholded at 0.5). Arrays are canonical (RL, AP, SI).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import anatomy as an
+from . import regions as rg
+from .geometry import (Centerline, Pose, build_centerline, build_lut, grid_affine,
+                       grid_corners_anatomy, make_poses)
+from .lesions import render_lesions
+from .params import CaseParams, Grid
+from .reference import LEVELS, Reference, load_reference
+from .tissues import T, tissue_tables
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Scene:
+    """The anatomy of one case, ready to be sampled on any grid."""
+
+    p: CaseParams
+    ref: Reference
+    cl: Centerline
+    lt: an.LevelTable
+    prof: an.Profiles
+    pose_t2: Pose
+    pose_t1: Pose
+    target: np.ndarray
+    tables: dict[str, np.ndarray]
+    phase: int
+
+    @property
+    def tops(self) -> dict[str, float]:
+        return {n: float(t) for n, t in zip(LEVELS, self.lt.top)}
+
+
+def build_scene(p: CaseParams, data_dir: Optional[str] = None) -> Scene:
+    """Centerline, level table, profiles, poses and tissue signal tables of a case."""
+    ref = load_reference(data_dir)
+    rng = np.random.default_rng([p.seed, 4])
+    lt = an.level_table(p, ref, rng)
+    tops = {n: float(t) for n, t in zip(LEVELS, lt.top)}
+    cl = build_centerline(p, tops)
+    prof = an.build_profiles(p, ref, cl, lt)
+    pose2, pose1, target = make_poses(p, cl)
+    tables = tissue_tables(p.contrast, np.random.default_rng(p.contrast["jitter_seed"]))
+    return Scene(p, ref, cl, lt, prof, pose2, pose1, target, tables, int(rng.integers(1 << 30)))
+
+
+@dataclass
+class PointClasses:
+    """Classification of a set of points."""
+
+    lab: np.ndarray  # tissue (uint8)
+    cord: np.ndarray  # bool
+    tumor: np.ndarray
+    cavity: np.ndarray
+    edema: np.ndarray
+    t2: np.ndarray  # signal (float32)
+    t1: np.ndarray
+
+
+def _bodies(lab, s, u, v, lv, lt, cf, cb, canal_b) -> None:
+    an.vertebral_bodies(lab, s, u, v, lv, lt, cf)
+
+
+def _posterior(lab, s, u, v, lv, lt, cf, cb, canal_b) -> None:
+    an.posterior_elements(lab, s, u, v, lv, lt, cb, canal_b, cf)
+
+
+def _spine_and_canal(sc: Scene, lab: np.ndarray, s, u, v, lv, k) -> np.ndarray:
+    """Vertebral column, canal contents and cord on the points near the spine."""
+    pr, lt = sc.prof, sc.lt
+    A, B, off, epi = pr.sac_a[k], pr.sac_b[k], pr.sac_off[k], pr.epi_post[k]
+    canal_front = off + A + 1.5
+    canal_back = off - A - epi
+    i = np.clip(lv.astype(np.int32), 0, an.NL - 1)
+    zone = (u > canal_back - 50) & (u < canal_front + lt.depth[i] + 6) & (np.abs(v) < lt.halfwidth[i] + 22) & (s > -8)
+    sub = np.flatnonzero(zone)
+    cord = np.zeros(s.size, bool)
+    if sub.size == 0:
+        return cord
+    ls = lab[sub]
+    ss, uu, vv, ll = s[sub], u[sub], v[sub], lv[sub]
+    cf, cb = canal_front[sub], canal_back[sub]
+    for part, fn in (((uu > cf - 3), _bodies), ((uu < cf + 3) & (uu > cb - 65), _posterior)):
+        idx = np.flatnonzero(part)
+        if idx.size:
+            lp = ls[idx]
+            fn(lp, ss[idx], uu[idx], vv[idx], ll[idx], lt, cf[idx], cb[idx], B[sub][idx] + 2.5)
+            ls[idx] = lp
+    an.atlas_axis(ls, ss, uu, vv, lt, cf, cb)
+    rg.posterior_ribs(ls, ss, uu, vv, ll, lt.top, lt.height, lt.halfwidth[i[sub]])
+    near = np.flatnonzero((np.abs(uu) < 30) & (np.abs(vv) < 30))
+    if near.size:
+        l2 = ls[near]
+        cord[sub[near]] = an.canal_contents(l2, ss[near], uu[near], vv[near], ll[near], pr, k[sub[near]],
+                                            float(sc.phase % 7))
+        ls[near] = l2
+    lab[sub] = ls
+    return cord
+
+
+def classify(sc: Scene, s: np.ndarray, u: np.ndarray, v: np.ndarray) -> PointClasses:
+    """Tissue, cord and lesion classes and signals at points given in cord coordinates (mm)."""
+    pr, lt, p = sc.prof, sc.lt, sc.p
+    k = pr.idx(s)
+    lv, back, front, fat = pr.level[k], pr.back[k], pr.front[k], pr.fat[k]
+    n = s.size
+    lab = np.zeros(n, np.uint8)
+    inside = rg.body_outline(lab, s, u, v, lv, back, front, fat) | (s < 30)
+    if inside.mean() < 0.9:  # skip the air around the body
+        sel = np.flatnonzero(inside)
+        sub = classify(sc, s[sel], u[sel], v[sel]) if sel.size else None
+        out = PointClasses(lab, *(np.zeros(n, bool) for _ in range(4)), np.zeros(n, np.float32), np.zeros(n, np.float32))
+        if sub is not None:
+            for name in ("lab", "cord", "tumor", "cavity", "edema", "t2", "t1"):
+                getattr(out, name)[sel] = getattr(sub, name)
+        return out
+    i = np.clip(lv.astype(np.int32), 0, an.NL - 1)
+    canal_front = pr.sac_off[k] + pr.sac_a[k] + 1.5
+    vb_front = canal_front + lt.depth[i]
+    canal_back = pr.sac_off[k] - pr.sac_a[k] - pr.epi_post[k]
+    rg.posterior_muscles(lab, s, u, v, lv, back, fat, canal_back, sc.phase)
+    rg.neck_front(lab, s, u, v, lv, vb_front, front, fat, p.anatomy["airway_mm"])
+    rg.thorax_front(lab, s, u, v, lv, vb_front, front, fat, sc.tops["T7"], sc.phase)
+    rg.abdomen_front(lab, s, u, v, lv, vb_front, front, fat, lt.halfwidth[i], canal_front, sc.tops["S"], sc.phase)
+    hz = np.flatnonzero(s < 30)
+    if hz.size:
+        lh = lab[hz]
+        rg.head(lh, s[hz], u[hz], v[hz], pr.sac_a[k[hz]], pr.sac_b[k[hz]], sc.phase, p.anatomy["head_tilt_deg"])
+        lab[hz] = lh
+    cord = _spine_and_canal(sc, lab, s, u, v, lv, k)
+    return _lesion_layer(sc, lab, cord, s, u, v, k)
+
+
+def _lesion_layer(sc: Scene, lab, cord, s, u, v, k) -> PointClasses:
+    """Signals from the tissue tables, then lesions painted inside the cord."""
+    tb = sc.tables
+    t2 = tb["t2"][lab]
+    t1 = tb["t1"][lab]
+    n = s.size
+    tumor, cavity, edema = (np.zeros(n, bool) for _ in range(3))
+    ci = np.flatnonzero(cord)
+    if sc.p.lesions and ci.size:
+        un = u[ci] / sc.prof.cord_a[k[ci]]
+        vn = v[ci] / sc.prof.cord_b[k[ci]]
+        noise = np.clip(rg.wave_noise(s[ci], un * 4.0, vn * 4.0, sc.phase + 9, n=5, period=(6.0, 20.0)) / 1.6, -1, 1)
+        tissue = {"cord": (tb["t2"][T.CORD], tb["t1"][T.CORD]), "csf": (tb["t2"][T.CSF], tb["t1"][T.CSF]),
+                  "fat": (tb["t2"][T.FAT], tb["t1"][T.FAT])}
+        layer = render_lesions(s[ci], un, vn, sc.p.lesions, tissue, noise)
+        tumor[ci], cavity[ci], edema[ci] = layer.tumor, layer.cavity, layer.edema
+        t2[ci] = np.where(np.isnan(layer.t2), t2[ci], layer.t2)
+        t1[ci] = np.where(np.isnan(layer.t1), t1[ci], layer.t1)
+    return PointClasses(lab, cord, tumor, cavity, edema, t2, t1)
+
+
+def slice_profile(g: Grid, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-slice offsets (in slice-index units) and weights across the slice thickness."""
+    n = g.n_sub or int(np.clip(np.ceil(g.slice_mm / 1.5), 2, 3))
+    if scale < 0.75 and not g.n_sub:
+        n = 2
+    x = (np.arange(n) + 0.5) / n - 0.5  # fraction of the thickness
+    w = np.exp(-0.5 * (x / 0.45) ** 2)
+    return (x * g.slice_mm / g.spacing_mm).astype(np.float64), w / w.sum()
+
+
+@dataclass
+class Rendered:
+    """Noise-free images of one grid (canonical RL, AP, SI) and label fractions."""
+
+    affine: np.ndarray
+    base: dict[str, np.ndarray]  # contrast -> signal
+    textured: dict[str, np.ndarray]  # contrast -> texture-weighted signal
+    fractions: dict[str, np.ndarray]  # 'cord', 'tumor', 'cavity', 'edema'
+    anat_centre: np.ndarray  # anatomy coordinates of voxel centres, (3, RL, AP, SI)
+    u_centre: np.ndarray  # cord-coordinate u of voxel centres (mm)
+
+
+def render_grid(sc: Scene, g: Grid, pose: Pose, contrasts: tuple[str, ...], labels: bool,
+                scale: float = 1.0) -> Rendered:
+    """Render ``contrasts`` (and label fractions) on grid ``g`` seen through ``pose``."""
+    aff, shape = grid_affine(g, sc.target, scale)
+    lut = build_lut(sc.cl, grid_corners_anatomy(aff, shape, pose))
+    M = pose.R.T @ aff[:3, :3]
+    b = pose.R.T @ (aff[:3, 3] - pose.t)
+    jj, kk = np.meshgrid(np.arange(shape[1], dtype=np.float32), np.arange(shape[2], dtype=np.float32), indexing="ij")
+    plane = (M[:, 1:2] * jj.ravel() + M[:, 2:3] * kk.ravel() + b[:, None]).astype(np.float32)
+    offs, wts = slice_profile(g, scale)
+    npl = shape[1] * shape[2]
+    base = {c: np.zeros((shape[0], npl), np.float32) for c in contrasts}
+    tex = {c: np.zeros((shape[0], npl), np.float32) for c in contrasts}
+    frac = {c: np.zeros((shape[0], npl), np.float32) for c in ("cord", "tumor", "cavity", "edema")} if labels else {}
+    centre = np.zeros((3, shape[0], npl), np.float32)
+    u_c = np.zeros((shape[0], npl), np.float32)
+    tex_tab = sc.tables["tex"]
+    for i in range(shape[0]):
+        centre[:, i] = plane + M[:, 0:1] * i
+        s_c, u_c[i] = lut.query(centre[1, i], centre[2, i])
+        th = np.interp(s_c, sc.cl.s, sc.cl.theta).astype(np.float32)
+        sin_t, cos_t = np.sin(th), np.cos(th)
+        pc0 = classify(sc, s_c, u_c[i], centre[0, i] - np.interp(s_c, sc.cl.s, sc.cl.x).astype(np.float32))
+        # partial volume across the slice where it matters: near the spine (|u| < 45 mm)
+        near = np.flatnonzero(np.abs(u_c[i]) < 45.0)
+        acc = {c: (pc0.t2 if c == "t2" else pc0.t1).copy() for c in contrasts}
+        acc_t = {c: acc[c] * tex_tab[pc0.lab] for c in contrasts}
+        acc_f = {name: getattr(pc0, name).astype(np.float32) for name in frac}
+        for c in contrasts:
+            acc[c][near] = 0.0
+            acc_t[c][near] = 0.0
+        for name in frac:
+            acc_f[name][near] = 0.0
+        sn, un_, cn, sin_n, cos_n = s_c[near], u_c[i][near], centre[0, i][near], sin_t[near], cos_t[near]
+        for o, w in zip(offs, wts):
+            # sub-slice shift is small (< 3 mm): first-order update of the cord coordinates
+            dx, dy, dz = (M[:, 0] * o).astype(np.float32)
+            s = sn + dy * sin_n - dz * cos_n
+            u = un_ + dy * cos_n + dz * sin_n
+            v = cn + dx - np.interp(s, sc.cl.s, sc.cl.x).astype(np.float32)
+            pc = classify(sc, s, u, v)
+            t = tex_tab[pc.lab]
+            for c in contrasts:
+                val = pc.t2 if c == "t2" else pc.t1
+                acc[c][near] += w * val
+                acc_t[c][near] += w * val * t
+            for name in frac:
+                acc_f[name][near] += w * getattr(pc, name)
+        for c in contrasts:
+            base[c][i], tex[c][i] = acc[c], acc_t[c]
+        for name in frac:
+            frac[name][i] = acc_f[name]
+    rs = lambda a: a.reshape(shape)  # noqa: E731
+    return Rendered(aff, {c: rs(a) for c, a in base.items()}, {c: rs(a) for c, a in tex.items()},
+                    {c: rs(a) for c, a in frac.items()}, centre.reshape((3,) + shape), rs(u_c))
+
+
+def labels_from_fractions(frac: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Acquisition-grid labels: whole = lesion fraction >= 0.5, class = largest fraction.
+
+    Guarantees: tumor, edema, cavity disjoint; whole-tumor = their union; all inside the cord.
+    """
+    ft, fc, fe = frac["tumor"], frac["cavity"], frac["edema"]
+    whole = (ft + fc + fe) >= 0.5
+    stack = np.stack([ft, fc, fe])
+    arg = np.argmax(stack, axis=0)
+    out = {
+        "tumor": whole & (arg == 0),
+        "cavity": whole & (arg == 1),
+        "edema": whole & (arg == 2),
+    }
+    out["whole-tumor"] = whole
+    out["cord"] = (frac["cord"] >= 0.5) | whole
+    return {k: v.astype(np.uint8) for k, v in out.items()}
