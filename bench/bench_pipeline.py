@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SIZES = {  # name: (shape (AP, SI, RL voxels), voxel mm) of a sagittal acquisition
-    "paper": ((545, 545, 20), (0.6, 0.6, 3.68)),
-    "large": ((1024, 1024, 30), (0.35, 0.35, 3.0)),
-    "small": ((256, 256, 14), (0.8, 0.8, 3.5)),
+SIZES = {  # name: (in-plane matrix, slices, in-plane mm, slice mm) of a sagittal acquisition
+    "paper": (545, 20, 0.6, 3.68),
+    "large": (1024, 30, 0.35, 3.0),
+    "small": (256, 14, 0.8, 3.5),
 }
 STAGES = ["load", "localize", "crop", "segment", "resample_back", "postprocess", "write"]
 
@@ -34,14 +34,16 @@ def make_case(folder: Path, size: str, seed: int = 0) -> tuple[Path, Path]:
     """Write a T2w/T1w pair of the requested size into ``folder``."""
     import nibabel as nib
 
-    shape, zooms = SIZES[size]
+    matrix, slices, inplane, thickness = SIZES[size]
     try:
         from imsct_train.phantoms import generate_case
 
-        case = generate_case(seed, shape=shape, voxel_mm=zooms, t1_same_grid=True)
+        fov = matrix * inplane
+        case = generate_case(seed, fov_si_mm=fov, fov_ap_mm=fov, inplane_mm=inplane, n_slices=slices,
+                             slice_mm=thickness, gap_mm=0, t1_own_grid=False)
         t2, t1 = case.t2w, case.t1w
-    except (ImportError, TypeError):
-        t2, t1 = _analytic_case(shape, zooms, seed)
+    except ImportError:
+        t2, t1 = _analytic_case((matrix, matrix, slices), (inplane, inplane, thickness), seed)
     paths = folder / "bench_T2w.nii.gz", folder / "bench_T1w.nii.gz"
     nib.save(t2, paths[0])
     nib.save(t1, paths[1])
@@ -125,8 +127,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--child", str(t2), str(t1), str(Path(tmp) / "out"),
                "--repeat", str(args.repeat), "--threads", str(args.threads)]
         report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    shape, zooms = SIZES[args.size]
-    print(table(report, f"{args.size}: {'x'.join(map(str, shape))} voxels at {'x'.join(map(str, zooms))} mm, "
+    matrix, slices, inplane, thickness = SIZES[args.size]
+    print(table(report, f"{args.size}: {matrix}x{matrix}x{slices} voxels at {inplane}x{inplane}x{thickness} mm, "
                         f"threads={args.threads or 'default'}, {args.repeat} runs after a warm-up"))
     return 0
 

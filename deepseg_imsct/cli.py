@@ -104,12 +104,14 @@ def order_inputs(files: Sequence[str] | None, contrasts: Sequence[str] | None, r
     return [by_contrast[c] for c in required]
 
 
-def configure_logging(verbosity: int) -> None:
+def configure_logging(verbosity: int) -> logging.Handler:
+    """Send the package's log records to stderr at the chosen verbosity; returns the handler."""
     level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}[verbosity]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s" if verbosity < 2 else "%(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [handler]
+    log.addHandler(handler)
     log.setLevel(level)
+    return handler
 
 
 def list_tasks() -> str:
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = shlex.join([PROG, *argv])
-    configure_logging(args.v)
+    handler = configure_logging(args.v)
     try:
         return run(args)
     except DeepsegError as exc:
@@ -214,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: no output was written or changed", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":
