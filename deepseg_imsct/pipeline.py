@@ -73,18 +73,57 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
         )
 
 
-def localize(t2: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
-    """Stage 1: the largest plausible cord component on the localizer's input block, or None."""
+def find_cord(volume: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
+    """The largest plausible cord component on the localizer's input block, or None."""
     spec = model.spec
-    block = centred_block(working_grid(t2.grid, spec.spacing_mm), spec.patch_size)
-    x = model_input([(t2.data, t2.grid)], block)
+    block = centred_block(working_grid(volume.grid, spec.spacing_mm), spec.patch_size)
+    x = model_input([(volume.data, volume.grid)], block)
     prob = model(x[None])[0, 0]
     post = spec.postprocessing[spec.classes[0]]
     min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
-    cord = largest_component(prob >= post.threshold, min_voxels)
-    if cord is None:
+    return largest_component(prob >= post.threshold, min_voxels), block
+
+
+def localize(t2: Volume, t1: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
+    """Stage 1 on the T2w, with a warning when the inputs look swapped or no cord is found."""
+    cord, block = find_cord(t2, model)
+    if cord is not None:
+        if looks_swapped(t2, t1, cord, block):
+            log.warning("%s looks like a T1w and %s like a T2w (CSF brighter than the cord on the second): "
+                        "check the input order (T2w first, or use -c)", t2.name, t1.name)
+        return cord, block
+    if find_cord(t1, model)[0] is not None:
+        log.warning("no spinal cord found in the T2w %s but one in the T1w %s: the inputs look swapped "
+                    "(give the T2w first, or use -c); segmenting the whole field of view", t2.name, t1.name)
+    else:
         log.warning("the localizer found no spinal cord in %s: segmenting the whole field of view (slower, less accurate)", t2.name)
-    return cord, block
+    return None, block
+
+
+def looks_swapped(t2: Volume, t1: Volume, cord: np.ndarray, block: Grid) -> bool:
+    """True when the CSF around the cord is darker than the cord on the 'T2w' and brighter on the
+    'T1w': the opposite of both contrasts (CSF is bright on T2w, dark on T1w)."""
+    shell = _dilate(cord, 2) & ~cord
+    if not shell.any():
+        return False
+    ratios = []
+    for vol in (t2, t1):
+        values = resample(vol.data, vol.grid, block, fill=np.nan)
+        inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell])
+        ratios.append(outer / inner if inner > 0 else np.nan)
+    return bool(ratios[0] < 1.0 < ratios[1])
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary dilation by ``steps`` voxels with the 6-neighbourhood."""
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        for axis in range(out.ndim):
+            grown[(slice(None),) * axis + (slice(1, None),)] |= out[(slice(None),) * axis + (slice(None, -1),)]
+            grown[(slice(None),) * axis + (slice(None, -1),)] |= out[(slice(None),) * axis + (slice(1, None),)]
+        out = grown
+    return out
 
 
 def segment(
@@ -100,7 +139,7 @@ def segment(
     spec: ModelSpec = segmenter.spec
     check_overlap(t2, t1)
     with _timed(timings, "localize"):
-        cord, block = localize(t2, localizer)
+        cord, block = localize(t2, t1, localizer)
     with _timed(timings, "crop"):
         box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
         crop_grid = box.on(work)

@@ -151,3 +151,23 @@ def test_same_file_twice_is_refused(predictor, tmp_path):
     t2, _ = write_case(tmp_path)
     with pytest.raises(DeepsegError, match="same file"):
         predictor.run_files(t2, t2)
+
+
+def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
+    from deepseg_imsct.grid import Grid
+    from deepseg_imsct.io import Volume
+    from deepseg_imsct.pipeline import looks_swapped
+
+    grid = Grid((40, 30, 20), np.eye(4))
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij")
+    radius = np.hypot(jj - 15, kk - 10)
+    cord, csf = radius <= 3, (radius > 3) & (radius <= 6)
+
+    def volume(cord_value, csf_value):
+        data = np.full(grid.shape, 200.0, np.float32)
+        data[cord], data[csf] = cord_value, csf_value
+        return Volume(data, grid, nib.Nifti1Image(data, np.eye(4)))
+
+    t2, t1 = volume(300, 800), volume(300, 50)
+    assert not looks_swapped(t2, t1, cord, grid)
+    assert looks_swapped(t1, t2, cord, grid)
