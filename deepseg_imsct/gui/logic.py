@@ -1,0 +1,244 @@
+"""What the FSLeyes plugin decides, as plain functions (no wx, no fsleyes): tested everywhere.
+
+- which loaded images are likely the T2w and the gadolinium T1w (:func:`choose_inputs`);
+- the form built from the task's :class:`~deepseg_imsct.task.ParamSpec` list (:func:`form_fields`)
+  and its values turned into the task's parameters (:func:`parse_values`) and into the
+  ``imsct_deepseg`` command line that runs them (:func:`command_args`);
+- where the command writes its outputs (:func:`expected_outputs`) and how each output is shown
+  as an overlay (:func:`overlay_settings`, :func:`load_order`).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeepsegError
+from ..task import ParamKind, ParamSpec
+
+MENU_LABEL = "Segment spinal cord tumor (T2w + T1w)…"  # the fsleyes_tools entry-point name in setup.cfg
+TASK_NAME = "seg_tumor-edema-cavity_t1-t2"
+LAYOUT_NAME = "imsct"  # the fsleyes_layouts entry-point name in setup.cfg
+
+T2_TOKENS = {"t2", "t2w", "t2wi", "t2tse", "t2fse", "t2space"}
+T1_TOKENS = {"t1", "t1w", "t1wi", "t1c", "t1ce", "t1gd", "t1post", "t1km", "mprage", "spgr"}
+GADO_TOKENS = {"gd", "gad", "gado", "gadolinium", "ce", "contrast", "post", "postcontrast", "t1c", "t1ce", "t1gd", "t1post"}
+PRE_TOKENS = {"pre", "precontrast", "native", "t1pre"}
+MASK_TOKENS = {"seg", "mask", "label", "labels", "dseg", "probseg", "roi", "cropbox", "lesion", "gt", "manual"}
+NAME_WEIGHT, HEADER_WEIGHT, NOT_AN_INPUT = 1.0, 0.5, -10.0
+
+# per-parameter command option; a parameter missing here is an error, so a new ParamSpec needs a line
+OPTIONS = {"threshold": "-thr", "fill_holes": "-fill-holes", "min_volume_cm3": "-remove-small", "soft": "-soft",
+           "qc": "-qc", "out_dir": "-o", "threads": "-threads"}
+LABELS = {"threshold": "Threshold", "fill_holes": "Fill holes", "min_volume_cm3": "Remove smaller than",
+          "soft": "Soft output (probabilities)", "qc": "QC outputs (cord mask, crop box)", "out_dir": "Output folder",
+          "threads": "CPU threads"}
+
+COLOURS = {  # same colours as the viewer command that imsct_deepseg prints
+    "seg-tumor": (1.0, 0.0, 0.0), "seg-edema": (0.0, 1.0, 0.0), "seg-cavity": (0.0, 0.4, 1.0),
+    "seg-whole-tumor": (1.0, 1.0, 0.0), "seg-cord": (0.85, 0.55, 0.25), "cropbox": (0.0, 1.0, 1.0),
+}
+COLOUR_MAPS = {"seg-tumor": "red", "seg-edema": "green", "seg-cavity": "blue", "seg-whole-tumor": "yellow",
+               "seg-cord": "copper", "cropbox": "cool"}
+HIDDEN = {"seg-whole-tumor"}  # loaded but not shown: it covers the three classes
+OUTLINED = {"seg-cord", "cropbox"}
+DRAW_ORDER = ["cropbox", "seg-cord", "seg-whole-tumor", "seg-edema", "seg-cavity", "seg-tumor"]  # last on top
+MASK_ALPHA = 70.0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the chooser knows about one loaded image."""
+
+    name: str
+    path: Path | None = None
+    description: str = ""  # e.g. the NIfTI header's descrip field
+    volumes: int = 1
+    looks_like_mask: bool = False  # e.g. integer data with values in {0, 1}
+
+
+def tokens(text: str) -> set[str]:
+    """Lower-case alphanumeric words of a name: 'sub-01_ce-gd_T1w' -> {sub, 01, ce, gd, t1w}."""
+    return {t for t in re.split(r"[^a-z0-9]+", text.lower()) if t}
+
+
+def _text_scores(text: str) -> tuple[float, float, bool]:
+    words = tokens(text)
+    t2 = 3.0 * bool(words & T2_TOKENS)
+    t1 = 3.0 * bool(words & T1_TOKENS) + 2.0 * bool(words & GADO_TOKENS) - 1.0 * bool(words & PRE_TOKENS)
+    return t2, t1, bool(words & MASK_TOKENS)
+
+
+def contrast_scores(image: ImageInfo) -> dict[str, float]:
+    """{'t2': score, 't1': score}: evidence from the name (and the header, weighted less)."""
+    name_t2, name_t1, _ = _text_scores(image.name if image.path is None else f"{image.name} {image.path.name}")
+    head_t2, head_t1, _ = _text_scores(image.description)
+    return {"t2": NAME_WEIGHT * name_t2 + HEADER_WEIGHT * head_t2, "t1": NAME_WEIGHT * name_t1 + HEADER_WEIGHT * head_t1}
+
+
+def input_penalty(image: ImageInfo) -> float:
+    """Negative for images unlikely to be an input: masks (by name or values) and 4D series."""
+    named_mask = _text_scores(image.name if image.path is None else f"{image.name} {image.path.name}")[2]
+    return NOT_AN_INPUT if (named_mask or image.looks_like_mask or image.volumes > 1) else 0.0
+
+
+def choose_inputs(images: Sequence[ImageInfo]) -> tuple[int | None, int | None]:
+    """Indices of the likely (T2w, T1w) among ``images``.
+
+    Each ordered pair scores how T2-like the first and how T1-like the second is (relative to the
+    other contrast), masks and 4D images being unlikely inputs; ties keep the load order (the
+    printed viewer command loads the T2w first). With fewer than two images: (0 or None, None).
+    """
+    if len(images) < 2:
+        return (0 if images else None), None
+    scores = [contrast_scores(image) for image in images]
+    penalties = [input_penalty(image) for image in images]
+
+    def value(pair: tuple[int, int]) -> tuple[float, bool, int, int]:
+        i, j = pair
+        fit = (scores[i]["t2"] - scores[i]["t1"]) + (scores[j]["t1"] - scores[j]["t2"]) + penalties[i] + penalties[j]
+        return fit, i < j, -i, -j
+
+    pairs = [(i, j) for i in range(len(images)) for j in range(len(images)) if i != j]
+    return max(pairs, key=value)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One widget of the form: a parameter, or one class's value of a per-class parameter."""
+
+    param: str
+    cls: str | None
+    kind: ParamKind
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.param if self.cls is None else f"{self.param}.{self.cls}"
+
+    @property
+    def label(self) -> str:
+        base = LABELS.get(self.param, self.param.replace("_", " ").capitalize())
+        return f"{base} ({self.unit})" if self.unit else base
+
+
+def form_fields(specs: Sequence[ParamSpec], classes: Sequence[str]) -> list[Field]:
+    """The task's parameter specs as form fields, per-class ones expanded to one field per class."""
+    fields = []
+    for spec in specs:
+        for cls in (classes if spec.per_class else [None]):
+            default = spec.default.get(cls) if isinstance(spec.default, Mapping) else spec.default
+            fields.append(Field(spec.name, cls, spec.kind, default, spec.help, spec.minimum, spec.maximum, spec.unit))
+    return fields
+
+
+def _convert(field: Field, raw: Any) -> Any:
+    if field.kind is ParamKind.BOOL:
+        return bool(raw)
+    if field.kind is ParamKind.PATH:
+        text = str(raw).strip() if raw is not None else ""
+        return Path(text).expanduser() if text else None
+    where = f"{field.label}{' of ' + field.cls if field.cls else ''}"
+    try:
+        value = int(raw) if field.kind is ParamKind.INT else float(raw)
+    except (TypeError, ValueError):
+        raise DeepsegError(f"{where}: '{raw}' is not a number") from None
+    low = field.minimum if field.minimum is not None else float("-inf")
+    high = field.maximum if field.maximum is not None else float("inf")
+    if not low <= value <= high:
+        raise DeepsegError(f"{where}: {value} is outside [{field.minimum}, {field.maximum if field.maximum is not None else '∞'}]")
+    return value
+
+
+def parse_values(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Form values ({field key: raw value}; missing: default) -> the task's parameters, named as in
+    :meth:`~deepseg_imsct.task.Task.run` (per-class ones as {class: value}). Raises DeepsegError."""
+    params: dict[str, Any] = {}
+    for field in fields:
+        value = _convert(field, values.get(field.key, field.default))
+        if field.cls is None:
+            params[field.param] = value
+        else:
+            params.setdefault(field.param, {})[field.cls] = value
+    return params
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """``imsct_deepseg`` arguments that run ``params`` (only values differing from ``defaults`` are
+    spelled out, per class as CLASS=VALUE), e.g. [task, '-i', t2, t1, '-thr', 'edema=0.3']."""
+    args = [task, "-i", str(t2), str(t1)]
+    for name, value in params.items():
+        if name not in OPTIONS:
+            raise DeepsegError(f"the GUI does not know the command option of parameter '{name}'")
+        option, default = OPTIONS[name], defaults.get(name)
+        if isinstance(value, Mapping):
+            changed = [f"{c}={_text(v)}" for c, v in value.items() if v != (default or {}).get(c)]
+            args += [option, *changed] if changed else []
+        elif isinstance(value, bool):
+            args += [option] if value else []
+        elif value is not None and value != default:
+            args += [option, str(value)]
+    return args
+
+
+def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: bool) -> dict[str, Path]:
+    """{output key: path} that the command writes (same naming as :meth:`Predictor.run_files`)."""
+    from ..io import nifti_stem
+
+    folder = Path(out_dir) if out_dir else Path(t2).parent
+    keys = [f"seg-{c}" for c in classes] + (["seg-cord", "cropbox"] if qc else [])
+    return {key: folder / f"{nifti_stem(Path(t2))}_{key}.nii.gz" for key in keys}
+
+
+def overlay_settings(key: str, soft: bool) -> dict[str, Any]:
+    """FSLeyes Display/DisplayOpts property values for one output (passed to OverlayList.append)."""
+    settings: dict[str, Any] = {"enabled": key not in HIDDEN}
+    if soft and key.startswith("seg-") and key != "seg-cord":
+        return {**settings, "overlayType": "volume", "cmap": COLOUR_MAPS.get(key, "hot"),
+                "displayRange": (0.0, 1.0), "clippingRange": (0.05, 1.01), "alpha": MASK_ALPHA}
+    return {**settings, "overlayType": "mask", "colour": COLOURS.get(key, (1.0, 0.5, 0.0)),
+            "outline": key in OUTLINED, "alpha": 100.0 if key in OUTLINED else MASK_ALPHA}
+
+
+def load_order(keys: Sequence[str]) -> list[str]:
+    """Keys in the order to load them (the last one drawn on top): tumor over edema over whole tumor."""
+    rank = {k: i for i, k in enumerate(DRAW_ORDER)}
+    return sorted(keys, key=lambda k: (rank.get(k, -1), k))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One segmentation the user asked for: inputs and the task's parameters."""
+
+    t2: Path
+    t1: Path
+    params: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    classes: tuple[str, ...]
+    task: str = TASK_NAME
+
+    def check(self) -> None:
+        if Path(self.t2).resolve() == Path(self.t1).resolve():
+            raise DeepsegError(f"the same file {self.t2} was given as T2w and T1w: give the T2w and the gadolinium T1w")
+
+    def args(self) -> list[str]:
+        return command_args(self.task, self.t2, self.t1, self.params, self.defaults)
+
+    def outputs(self) -> dict[str, Path]:
+        return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, bool(self.params.get("qc")))
+
+    @property
+    def soft(self) -> bool:
+        return bool(self.params.get("soft"))
