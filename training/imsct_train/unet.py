@@ -1,0 +1,124 @@
+"""Modified 3D U-Net (Isensee et al. 2018) as implemented by ivadomed's ``Modified3DUNet``.
+
+Tensors are (N, C, S, A, R): batch, channels, then the working-grid axes (inferior->superior,
+posterior->anterior, left->right). Four stride-2 downsamplings: every spatial size must be a
+multiple of 16. The network ends with a sigmoid, so the ONNX graph outputs probabilities.
+
+Faithful to ivadomed (see shared/reference/ivadomed-cascade.md §7): bias-free convolutions,
+instance norm without affine parameters, LeakyReLU(0.01), Dropout3d, nearest upsampling, the
+context modules of levels 2-5 applying the *same* conv twice, and deep supervision summed into
+the output. One departure: no background channel is predicted and discarded (ivadomed's K+1
+outputs with class 0 sliced off); the network predicts exactly ``n_classes`` sigmoids.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LEAK = 0.01
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, kernel_size=k, stride=stride, padding=k // 2, bias=False)
+
+
+def _norm(c: int) -> nn.InstanceNorm3d:
+    return nn.InstanceNorm3d(c, affine=False, track_running_stats=False)
+
+
+def _norm_lrelu_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(_norm(cin), nn.LeakyReLU(LEAK), _conv(cin, cout))
+
+
+def _conv_norm_lrelu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(_conv(cin, cout), _norm(cout), nn.LeakyReLU(LEAK))
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    """IN -> LReLU -> x2 nearest upsampling -> conv3 -> IN -> LReLU."""
+    return nn.Sequential(
+        _norm(cin), nn.LeakyReLU(LEAK), nn.Upsample(scale_factor=2, mode="nearest"),
+        _conv(cin, cout), _norm(cout), nn.LeakyReLU(LEAK),
+    )
+
+
+class _ContextLevel(nn.Module):
+    """Levels 2-5: strided conv, then a shared norm-lrelu-conv applied twice around dropout."""
+
+    def __init__(self, cin: int, cout: int, dropout: float, last: bool = False):
+        super().__init__()
+        self.down = _conv(cin, cout, stride=2)
+        self.nlc = _norm_lrelu_conv(cout, cout)
+        self.drop = nn.Dropout3d(dropout)
+        self.post = nn.Identity() if last else nn.Sequential(_norm(cout), nn.LeakyReLU(LEAK))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.down(x)
+        out = self.nlc(self.drop(self.nlc(r))) + r
+        return self.post(out)
+
+
+class Modified3DUNet(nn.Module):
+    """(N, in_channels, S, A, R) float32 -> (N, n_classes, S, A, R) sigmoid probabilities."""
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 1, base_filters: int = 8, dropout: float = 0.3):
+        super().__init__()
+        f = base_filters
+        self.lrelu = nn.LeakyReLU(LEAK)
+        self.drop = nn.Dropout3d(dropout)
+        # Level 1 context
+        self.c1_1 = _conv(in_channels, f)
+        self.c1_2 = _conv(f, f)
+        self.c1_3 = _conv(f, f)
+        self.c1_norm = _norm(f)
+        self.c2 = _ContextLevel(f, 2 * f, dropout)
+        self.c3 = _ContextLevel(2 * f, 4 * f, dropout)
+        self.c4 = _ContextLevel(4 * f, 8 * f, dropout)
+        self.c5 = _ContextLevel(8 * f, 16 * f, dropout, last=True)
+        # Localization pathway
+        self.l0_up = _up_block(16 * f, 8 * f)
+        self.l0_1x1 = nn.Sequential(_conv(8 * f, 8 * f, k=1), _norm(8 * f), nn.LeakyReLU(LEAK))
+        self.l1_conv = _conv_norm_lrelu(16 * f, 16 * f)
+        self.l1_1x1 = _conv(16 * f, 8 * f, k=1)
+        self.l1_up = _up_block(8 * f, 4 * f)
+        self.l2_conv = _conv_norm_lrelu(8 * f, 8 * f)
+        self.l2_1x1 = _conv(8 * f, 4 * f, k=1)
+        self.l2_up = _up_block(4 * f, 2 * f)
+        self.l3_conv = _conv_norm_lrelu(4 * f, 4 * f)
+        self.l3_1x1 = _conv(4 * f, 2 * f, k=1)
+        self.l3_up = _up_block(2 * f, f)
+        self.l4_conv = _conv_norm_lrelu(2 * f, 2 * f)
+        self.l4_out = _conv(2 * f, n_classes, k=1)
+        # Deep supervision heads (1/4 and 1/2 resolution)
+        self.ds2 = _conv(8 * f, n_classes, k=1)
+        self.ds3 = _conv(4 * f, n_classes, k=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def _level1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.c1_1(x)
+        out = self.c1_3(self.lrelu(self.drop(self.c1_2(self.lrelu(r))))) + r
+        context = self.lrelu(out)
+        return self.lrelu(self.c1_norm(out)), context
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid output (N, n_classes, S, A, R); for losses that want logits."""
+        out, ctx1 = self._level1(x)
+        ctx2 = self.c2(out)
+        ctx3 = self.c3(ctx2)
+        ctx4 = self.c4(ctx3)
+        out = self.l0_1x1(self.l0_up(self.c5(ctx4)))
+        out = self.l1_up(self.l1_1x1(self.l1_conv(torch.cat([out, ctx4], dim=1))))
+        ds2 = self.l2_conv(torch.cat([out, ctx3], dim=1))
+        out = self.l2_up(self.l2_1x1(ds2))
+        ds3 = self.l3_conv(torch.cat([out, ctx2], dim=1))
+        out = self.l3_up(self.l3_1x1(ds3))
+        out = self.l4_out(self.l4_conv(torch.cat([ctx1, out], dim=1)))
+        deep = self.up(self.up(self.ds2(ds2)) + self.ds3(ds3))
+        return out + deep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
