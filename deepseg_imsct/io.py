@@ -158,11 +158,18 @@ def mask_image(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
 def _temporary(folder: Path, name: str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give outputs the usual permissions
     try:
         yield Path(tmp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict]) -> None:

@@ -116,6 +116,9 @@ def test_run_files_writes_named_outputs_with_sidecars_and_leaves_inputs_alone(pr
     assert sidecar["Postprocessing"]["classes"]["edema"]["threshold"] == 0.5
     assert sidecar["Sources"]["T1w"] == str(t1)
     assert nib.load(paths["seg-tumor"]).get_fdata().sum() > 0
+    umask = __import__("os").umask(0o022)
+    __import__("os").umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths.values())  # not mkstemp's 0600
 
 
 def test_a_failing_write_leaves_no_partial_file_and_earlier_outputs_intact(predictor, tmp_path, monkeypatch):
