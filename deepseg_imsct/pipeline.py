@@ -146,15 +146,14 @@ def segment(
         x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
     with _timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
-    with _timed(timings, "resample_back"):
-        native_probs = to_native(probs, crop_grid, t2.grid)
-    with _timed(timings, "postprocess"):
+    with _timed(timings, "resample_back"):  # only the part of the T2w grid the crop covers
+        start, size = footprint(crop_grid, t2.grid)
+        block_probs = resample(probs, crop_grid, t2.grid.subgrid(start, size), order=1, fill=0)
+    with _timed(timings, "postprocess"):  # zero outside the block, so the block's border acts as the image's
         masks = {}
         for i, name in enumerate(spec.classes):
-            if post.soft:
-                masks[name] = mask_image(native_probs[i], t2.image)
-            else:
-                masks[name] = mask_image(postprocess(native_probs[i], post.classes[name], t2.grid.voxel_volume_mm3), t2.image)
+            values = block_probs[i] if post.soft else postprocess(block_probs[i], post.classes[name], t2.grid.voxel_volume_mm3)
+            masks[name] = mask_image(uncrop(values, start, t2.grid.shape), t2.image)
         cord_native = np.zeros(t2.grid.shape, np.uint8) if cord is None else (to_native(cord[None].astype(np.float32), block, t2.grid)[0] >= 0.5)
         box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, t2.grid, order=0)[0]
     return Result(
