@@ -109,3 +109,23 @@ def test_command_does_not_import_torch_or_onnxruntime_for_help():
            "print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_ctrl_c_mid_write_leaves_no_partial_output_and_exits_130(registry, tmp_path, capsys, monkeypatch):
+    t2, t1 = write_case(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["-i", str(t2), str(t1), "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    real = nib.Nifti1Image.to_bytes
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_bytes", interrupted)
+    assert cli.main(["-i", str(t2), str(t1), "-o", str(out), "-thr", "0.9"]) == 130
+    assert "interrupted: no output was written or changed" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .part file, nothing changed
