@@ -174,3 +174,27 @@ def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
     t2, t1 = volume(300, 800), volume(300, 50)
     assert not looks_swapped(t2, t1, cord, grid)
     assert looks_swapped(t1, t2, cord, grid)
+
+
+@pytest.mark.parametrize("degrees", [12.0, -20.0])
+def test_oblique_acquisitions_keep_the_tumor_where_it_is(predictor, degrees):
+    """A T2w/T1w pair acquired obliquely (rotated about R-L and A-P) on the same anatomy."""
+    theta = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0, 0], [0, np.cos(theta), -np.sin(theta), 0], [0, np.sin(theta), np.cos(theta), 0], [0, 0, 0, 1]])
+    ry = np.array([[np.cos(theta / 2), 0, np.sin(theta / 2), 0], [0, 1, 0, 0], [-np.sin(theta / 2), 0, np.cos(theta / 2), 0], [0, 0, 0, 1]])
+    shape = (160, 200, 14)
+    affine = ry @ rx @ synthetic.sagittal_affine("PSR", (0.8, 0.8, 3.0), shape)
+    t2, t1 = synthetic.render(shape, affine, "t2"), synthetic.render(shape, affine, "t1", seed=1)
+    result = predictor(t2, t1)
+    np.testing.assert_allclose(result.masks["tumor"].affine, affine, atol=1e-5)  # NIfTI stores float32
+    np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=1.5)
+
+
+@pytest.mark.parametrize("zooms,shape", [((0.3, 0.3, 3.0), (430, 530, 14)), ((1.0, 1.0, 10.0), (130, 160, 5))],
+                         ids=["0.3mm-in-plane", "10mm-slices"])
+def test_extreme_voxel_sizes(predictor, zooms, shape):
+    t2, t1, truth = synthetic.case("PSR", zooms, shape)
+    result = predictor(t2, t1)
+    tumor = np.asanyarray(result.masks["tumor"].dataobj) > 0
+    assert tumor.shape == shape and tumor.any()
+    np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=zooms[2] / 2 + 0.5)
