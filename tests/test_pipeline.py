@@ -9,6 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.pipeline import Predictor
@@ -198,3 +200,30 @@ def test_extreme_voxel_sizes(predictor, zooms, shape):
     tumor = np.asanyarray(result.masks["tumor"].dataobj) > 0
     assert tumor.shape == shape and tumor.any()
     np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=zooms[2] / 2 + 0.5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    t2_axes=st.sampled_from(["PSR", "RAS", "LPI", "SAL", "ASR", "IRP"]),
+    t1_axes=st.sampled_from(["PSR", "RAS", "LAS", "PIL"]),
+    inplane=st.floats(0.5, 1.0),
+    slice_mm=st.floats(2.0, 5.0),
+    qform_code=st.sampled_from([0, 1, 2]),
+)
+def test_any_header_geometry_gives_masks_on_the_t2w_grid(predictor, t2_axes, t1_axes, inplane, slice_mm, qform_code):
+    """Random orientations, axis orders, voxel sizes and qform codes for both images."""
+    def grid(axes, zooms_by_axis):
+        zooms = tuple(zooms_by_axis[c] for c in axes)
+        fov = {"R": 42.0, "L": 42.0, "A": 110.0, "P": 110.0, "S": 170.0, "I": 170.0}
+        shape = tuple(int(round(fov[c] / z)) for c, z in zip(axes, zooms))
+        return shape, synthetic.sagittal_affine(axes, zooms, shape)
+
+    sizes = {"R": slice_mm, "L": slice_mm, "A": inplane, "P": inplane, "S": inplane, "I": inplane}
+    (s2, a2), (s1, a1) = grid(t2_axes, sizes), grid(t1_axes, {**sizes, "R": 3.0, "L": 3.0})
+    t2 = synthetic.render(s2, a2, "t2", qform_code=qform_code)
+    t1 = synthetic.render(s1, a1, "t1", seed=1)
+    result = predictor(t2, t1)
+    for img in result.masks.values():
+        assert img.shape == s2 and int(img.header["qform_code"]) == qform_code
+        np.testing.assert_allclose(img.affine, t2.affine, atol=1e-5)
+    np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=slice_mm / 2 + 1.0)
