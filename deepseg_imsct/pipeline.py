@@ -56,10 +56,18 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     log.debug("%s: %.3f s", stage, timings[stage])
 
 
-def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np.ndarray:
-    """Resample (C, *src.shape) ``values`` onto ``native``; only the covered region is computed."""
+def native_block(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Resample (C, *src.shape) ``values`` onto the part of ``native`` that ``src`` covers.
+
+    Returns the block and its start on ``native``; everything outside it would be 0.
+    """
     start, size = footprint(src, native)
-    block = resample(values, src, native.subgrid(start, size), order=order, fill=0)
+    return resample(values, src, native.subgrid(start, size), order=order, fill=0), start
+
+
+def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np.ndarray:
+    """Resample (C, *src.shape) ``values`` onto the whole of ``native`` (0 outside ``src``)."""
+    block, start = native_block(values, src, native, order)
     return uncrop(block, start, native.shape)
 
 
@@ -147,8 +155,7 @@ def segment(
     with _timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
     with _timed(timings, "resample_back"):  # only the part of the T2w grid the crop covers
-        start, size = footprint(crop_grid, t2.grid)
-        block_probs = resample(probs, crop_grid, t2.grid.subgrid(start, size), order=1, fill=0)
+        block_probs, start = native_block(probs, crop_grid, t2.grid)
     with _timed(timings, "postprocess"):  # zero outside the block, so the block's border acts as the image's
         masks = {}
         for i, name in enumerate(spec.classes):
