@@ -304,6 +304,12 @@ class Trainer:
         else:
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
 
+    def init_weights(self, path: Path) -> None:
+        """Load model weights only (fine-tuning); optimizer, schedule and iteration start afresh."""
+        blob = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(blob["model"] if "model" in blob else blob)
+        log.info("initialised the weights from %s", path)
+
     def batch(self, store: CaseStore, iteration: int) -> tuple[np.ndarray, np.ndarray, float]:
         """(x, y, seconds) of ``iteration``'s batch: (B, C, *patch), (B, K, *patch) float32."""
         t0 = time.perf_counter()
@@ -401,6 +407,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda[:i]")
     p.add_argument("--iterations", type=int, help="override training.iterations")
+    p.add_argument("--init-from", type=Path, help="start from these weights (a best.pt or checkpoint.pt) with a fresh "
+                   "optimizer and schedule: fine-tuning; overrides training.init_from")
     p.add_argument("--no-export", action="store_true", help="do not write the ONNX file and registry entry")
     p.add_argument("--registry", type=Path, help="registry to update (default: the package's)")
     p.add_argument("--cache-dir", type=Path, help="phantom npz cache (default: the config's data.cache_dir)")
@@ -413,7 +421,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {"training.iterations": args.iterations} if args.iterations else {}
+    overrides: dict[str, Any] = {"training.iterations": args.iterations} if args.iterations else {}
+    if args.init_from:
+        overrides["training.init_from"] = str(args.init_from)
     cfg = load_config(args.config, overrides)
     run_dir = args.run_dir or Path(cfg.get("run_dir", f"runs/{cfg['name']}"))
     cache_dir = Path(args.cache_dir or cfg["data"].get("cache_dir", "runs/cache"))
@@ -425,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (trainer.run_dir / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         if args.resume:
             trainer.resume()
+        if trainer.state.iteration == 0 and cfg["training"].get("init_from"):
+            trainer.init_weights(Path(cfg["training"]["init_from"]))
         trainer.real = real_store(cfg)
         keep = int(cfg["data"].get("cases_in_memory", 64))
         train_store, val_store = make_store(cfg, "train", cache_dir, keep), make_store(cfg, "val", cache_dir, keep)
