@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 if importlib.util.find_spec("imsct_train") is None:  # not pip-installed: use the checkout's copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from imsct_train import data as D
 from imsct_train.export import export_onnx, parity, registry_entry, update_registry
 from imsct_train.train import CaseStore, Trainer, dice_loss
-from imsct_train.unet import Modified3DUNet, count_parameters
+from imsct_train.unet import Modified3DUNet, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
 from deepseg_imsct.localize import box_for_mask, centred_block, model_input
@@ -74,12 +74,27 @@ def test_parameter_count_matches_ivadomed():
     assert count_parameters(Modified3DUNet(2, 4, 16)) == 27826 * 256 + 27 * 2 * 16 + 14 * 16 * 4
 
 
-def test_onnx_matches_torch(tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["as-trained", "inference-form"])
+def test_onnx_matches_torch(tmp_path, fast):
     torch.manual_seed(0)
     model = Modified3DUNet(2, 4, 4).eval()
-    path = export_onnx(model, tmp_path / "m.onnx", 2, (32, 16, 16))
+    path = export_onnx(inference_form(model) if fast else model, tmp_path / "m.onnx", 2, (32, 16, 16))
     x = np.random.default_rng(1).standard_normal((2, 2, 32, 16, 16)).astype(np.float32)  # batch 2: dynamic axis
     assert parity(model, path, x) < 1e-4
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("Resize" in ops) != fast and ("ConvTranspose" in ops) == fast
+
+
+def test_inference_form_computes_the_same_function():
+    torch.manual_seed(3)
+    model = Modified3DUNet(1, 2, 4).eval()
+    for p in model.parameters():  # trained-like weights, not the init's
+        p.data.normal_(0, 0.3)
+    x = torch.randn(1, 1, 48, 32, 16)
+    with torch.no_grad():
+        want, got = model(x), inference_form(model)(x)
+    assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
+    assert model.l3_up[2].__class__.__name__ == "Upsample", "the trained model is left as it was"
 
 
 def test_localizer_input_equals_runtime():

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .unet import inference_form
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -109,13 +111,14 @@ def export_trained(model: torch.nn.Module, cfg: Mapping[str, Any], registry_path
                    check_parity: bool = True) -> Path:
     """Export ``model`` to ``<registry dir>/models/<name>-<version>.onnx`` and register it.
 
-    The parity of torch and ONNX Runtime is checked on a random input (z-score-like values).
+    The graph is the model's :func:`~imsct_train.unet.inference_form`; its parity with the trained
+    torch model is checked with ONNX Runtime on a random input (z-score-like values).
     """
     registry_path = Path(registry_path or default_registry_path()).resolve()  # the file, not a symlink to it
     name, version = cfg["name"], str(cfg["version"])
     g = cfg["geometry"]
     file_name = f"{name}-{version}.onnx"
-    path = export_onnx(model, registry_path.parent / "models" / file_name, len(g["contrasts"]), g["patch_size"])
+    path = export_onnx(inference_form(model), registry_path.parent / "models" / file_name, len(g["contrasts"]), g["patch_size"])
     if check_parity:
         x = np.random.default_rng(0).standard_normal((1, len(g["contrasts"]), *g["patch_size"])).astype(np.float32)
         diff = parity(model, path, x)

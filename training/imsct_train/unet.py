@@ -9,8 +9,15 @@ instance norm without affine parameters, LeakyReLU(0.01), Dropout3d, nearest ups
 context modules of levels 2-5 applying the *same* conv twice, and deep supervision summed into
 the output. One departure: no background channel is predicted and discarded (ivadomed's K+1
 outputs with class 0 sliced off); the network predicts exactly ``n_classes`` sigmoids.
+
+:func:`inference_form` rewrites a trained network into an equivalent one that runs faster in
+ONNX Runtime (exported graphs use it): each nearest x2 upsampling followed by a 3x3x3
+convolution becomes one transposed convolution, and the remaining upsamplings become
+reshapes, so no ``Resize`` node is left.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -118,6 +125,39 @@ class Modified3DUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))
+
+
+class _Upsample2(nn.Module):
+    """Nearest x2 upsampling of (N, C, D, H, W) by reshape and broadcast (exact, no Resize op)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, d, h, w = x.shape
+        x = x[:, :, :, None, :, None, :, None].expand(n, c, d, 2, h, 2, w, 2)
+        return x.reshape(n, c, 2 * d, 2 * h, 2 * w)
+
+
+# Tap k (0..3) of the transposed convolution sums these taps (-1, 0, +1) of the 3-tap convolution:
+# output 2m reads inputs m-1 (tap -1) and m (taps 0, +1); output 2m+1 reads m (taps -1, 0) and m+1 (+1).
+_FOLD = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float64)
+
+
+def _fold_upsample_conv(conv: nn.Conv3d) -> nn.ConvTranspose3d:
+    """The ConvTranspose3d(k=4, stride=2, padding=1) equal to nearest x2 upsampling then ``conv``
+    (3x3x3, padding 1, no bias): 8 instead of 27 multiply-adds per output voxel and channel pair."""
+    w = conv.weight.detach().double()  # (out, in, 3, 3, 3)
+    k = torch.einsum("ai,bj,ck,oxijk->xoabc", _FOLD, _FOLD, _FOLD, w)  # (in, out, 4, 4, 4)
+    folded = nn.ConvTranspose3d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=False)
+    folded.weight.data = k.to(conv.weight.dtype).contiguous()
+    return folded
+
+
+def inference_form(model: Modified3DUNet) -> Modified3DUNet:
+    """A copy of ``model`` (eval mode) that computes the same function with fewer operations."""
+    fast = copy.deepcopy(model).cpu().eval()
+    for block in (fast.l0_up, fast.l1_up, fast.l2_up, fast.l3_up):  # IN, LReLU, Upsample, conv, ...
+        block[2], block[3] = nn.Identity(), _fold_upsample_conv(block[3])
+    fast.up = _Upsample2()
+    return fast
 
 
 def count_parameters(model: nn.Module) -> int:
