@@ -16,6 +16,7 @@ if importlib.util.find_spec("imsct_train") is None:  # not pip-installed: use th
 
 from imsct_train import data as D
 from imsct_train.export import export_onnx, parity, registry_entry, update_registry
+from imsct_train import train as T
 from imsct_train.train import CaseStore, Trainer, dice_loss
 from imsct_train.unet import Modified3DUNet, count_parameters, inference_form
 
@@ -156,6 +157,30 @@ def test_training_smoke_and_resume(tmp_path):
     b.run(store, store)
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+
+
+def test_fine_tuning_starts_from_a_phase(tmp_path, monkeypatch):
+    """init_from names a phase config: its best.pt is used, trained first only when missing."""
+    monkeypatch.chdir(tmp_path)
+    phase = _config("segmenter", SEG)
+    phase["run_dir"] = "runs/phase1"
+    (tmp_path / "phase1.json").write_text(json.dumps(phase))
+    trained: list[list[str]] = []
+    monkeypatch.setattr(T, "main", lambda argv: trained.append(argv) or 0)
+    args = T.parse_args(["--config", str(tmp_path / "v1.json"), "--device", "cpu"])
+    assert T.initial_weights("phase1.json", args) == Path("runs/phase1/best.pt")
+    assert trained and trained[0][:2] == ["--config", str(tmp_path / "phase1.json")] and "--resume" in trained[0]
+    (tmp_path / "runs" / "phase1").mkdir(parents=True)
+    (tmp_path / "runs" / "phase1" / "best.pt").write_bytes(b"")
+    trained.clear()
+    assert T.initial_weights("phase1.json", args) == Path("runs/phase1/best.pt") and not trained
+    assert T.initial_weights("w.pt", args) == Path("w.pt")
+    model = Trainer(phase, tmp_path / "ft")
+    torch.save(model.model.state_dict(), tmp_path / "w.pt")
+    for p in model.model.parameters():
+        p.data.zero_()
+    model.init_weights(tmp_path / "w.pt")
+    assert any(float(p.abs().sum()) > 0 for p in model.model.parameters())
 
 
 def test_registry_update(tmp_path):

@@ -407,8 +407,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda[:i]")
     p.add_argument("--iterations", type=int, help="override training.iterations")
-    p.add_argument("--init-from", type=Path, help="start from these weights (a best.pt or checkpoint.pt) with a fresh "
-                   "optimizer and schedule: fine-tuning; overrides training.init_from")
+    p.add_argument("--init-from", type=Path, help="start from these weights (best.pt, checkpoint.pt, or a phase config "
+                   "trained first) with a fresh optimizer and schedule: fine-tuning; overrides training.init_from")
     p.add_argument("--no-export", action="store_true", help="do not write the ONNX file and registry entry")
     p.add_argument("--registry", type=Path, help="registry to update (default: the package's)")
     p.add_argument("--cache-dir", type=Path, help="phantom npz cache (default: the config's data.cache_dir)")
@@ -416,6 +416,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark", type=int, metavar="N", help="time N training steps on random tensors and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
+
+
+def initial_weights(init_from: str, args: argparse.Namespace) -> Path:
+    """Weights to fine-tune from: a ``.pt`` file, or a phase config (``.json``, relative to this
+    config's folder) that is trained first, resuming its run folder, when its best.pt is missing."""
+    path = Path(init_from)
+    if path.suffix != ".json":
+        return path
+    phase = path if path.is_absolute() else Path(args.config).parent / path
+    phase_cfg = load_config(phase)
+    best = Path(phase_cfg.get("run_dir", f"runs/{phase_cfg['name']}")) / "best.pt"
+    if not best.exists():
+        log.info("training phase %s first (no %s)", phase, best)
+        extra = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+        main(["--config", str(phase), "--resume", "--no-export", "--device", args.device, *extra])
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             trainer.resume()
         if trainer.state.iteration == 0 and cfg["training"].get("init_from"):
-            trainer.init_weights(Path(cfg["training"]["init_from"]))
+            trainer.init_weights(initial_weights(cfg["training"]["init_from"], args))
         trainer.real = real_store(cfg)
         keep = int(cfg["data"].get("cases_in_memory", 64))
         train_store, val_store = make_store(cfg, "train", cache_dir, keep), make_store(cfg, "val", cache_dir, keep)
