@@ -180,7 +180,7 @@ def test_fine_tuning_starts_from_a_phase(tmp_path, monkeypatch):
     for p in model.model.parameters():
         p.data.zero_()
     model.init_weights(tmp_path / "w.pt")
-    assert any(float(p.abs().sum()) > 0 for p in model.model.parameters())
+    assert any(float(p.detach().abs().sum()) > 0 for p in model.model.parameters())
 
 
 def test_registry_update(tmp_path):
