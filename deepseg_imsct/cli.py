@@ -81,7 +81,10 @@ def volume_cm3(text: str) -> float:
 
 
 def probability(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")  # refused below with the same message
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"threshold {text} is not a probability in [0, 1] (use -soft for probabilities)")
     return value
@@ -141,6 +144,8 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict) -
     if not source:
         return [ensure_model(spec, offline=offline, progress=True) for spec in specs]
     path = Path(source)
+    if not path.exists():
+        raise DeepsegError(f"--from {path} does not exist: give the downloaded model file or the folder that holds the task's models")
     if path.is_dir():
         return [import_model(spec, path) for spec in specs]
     digest = sha256sum(path) if path.is_file() else None

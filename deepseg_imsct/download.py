@@ -202,7 +202,7 @@ def _writable_folder(folder: Path) -> Path:
 
 
 def _readonly_error(folder: Path, exc: OSError | None) -> DeepsegError:
-    why = f" ({exc.strerror or exc})" if exc is not None else ""
+    why = f" ({exc.strerror or exc})" if exc is not None else " (Permission denied)"
     return DeepsegError(
         f"the model cache folder {folder} is not writable{why}: make it writable, or set "
         f"{ENV_HOME} to a writable folder"
@@ -609,6 +609,12 @@ def _short(exc: BaseException) -> str:
     found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if found:
         return found.group(1).strip()
+    found = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text)
+    if found:
+        return f"Connection broken after {found.group(1)} bytes ({found.group(2)} more expected)"
+    found = re.search(r"\[SSL: [A-Z_]+\] [^'\"(]+", text)
+    if found:
+        return found.group(0).strip()
     if "Read timed out" in text:
         return f"no data for {READ_TIMEOUT_S:g} s"
     if "timed out" in text:

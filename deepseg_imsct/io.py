@@ -51,7 +51,11 @@ def nifti_stem(path: Path) -> str:
 def check_input_file(path: Path | str, role: str) -> Path:
     """Fail early, with the fix, on a path that cannot be a readable NIfTI file."""
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a folder on the path that this user may not enter
+        raise DeepsegError(f"{role} file {path} cannot be reached ({exc.strerror}): check the permissions of the folders above it") from None
+    if not found:
         raise DeepsegError(f"{role} file not found: {path}: check the path")
     if path.is_dir():
         raise DeepsegError(f"{role} input {path} is a folder: give the NIfTI file (.nii or .nii.gz) inside it")

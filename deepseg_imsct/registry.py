@@ -117,13 +117,15 @@ class Registry:
 
 def load_registry(path: Path | str | None = None) -> Registry:
     """Read and validate the registry JSON (default: $DEEPSEG_IMSCT_REGISTRY, else the shipped one)."""
+    from_env = not path and bool(os.environ.get(ENV_REGISTRY))
     path = Path(path or os.environ.get(ENV_REGISTRY) or REGISTRY_PATH)
+    fix = f"fix or unset {ENV_REGISTRY}" if from_env else "reinstall deepseg-imsct"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DeepsegError(f"model registry not found: {path}: reinstall deepseg-imsct") from None
+        raise DeepsegError(f"model registry not found: {path}: {fix}") from None
     except (OSError, ValueError) as exc:
-        raise DeepsegError(f"model registry {path} is unreadable ({exc}): reinstall deepseg-imsct") from None
+        raise DeepsegError(f"model registry {path} is unreadable ({exc}): {fix}") from None
     try:
         tasks = {
             name: TaskSpec(
@@ -139,7 +141,7 @@ def load_registry(path: Path | str | None = None) -> Registry:
         }
         models = dict(data["models"])
     except (KeyError, TypeError, AttributeError) as exc:
-        raise DeepsegError(f"model registry {path} is malformed (missing or bad field {exc}): reinstall deepseg-imsct") from None
+        raise DeepsegError(f"model registry {path} is malformed (missing or bad field {exc}): {fix}") from None
     return Registry(tasks=tasks, models=models, path=path)
 
 

@@ -1,25 +1,25 @@
 """Tests of deepseg_imsct.download against a real, misbehaving HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status
+from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
 from deepseg_imsct import download
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import ModelSpec
-from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status
 
 PAYLOAD = b"\x08\x07\x12\x04onnx" + os.urandom(300_000)
 READ_TIMEOUT_S = 0.4
@@ -385,51 +385,21 @@ def test_read_only_cache_with_verified_model_still_works(server: FlakyServer, ho
             path.chmod(0o755)
 
 
-def _as_nobody(fn) -> tuple[int, str]:
-    """Run ``fn() -> str`` in a forked child that dropped root to 'nobody': (exit code, text)."""
-    import requests  # noqa: F401 (imported before dropping privileges: site-packages may be unreadable)
-    import tqdm  # noqa: F401
-
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        os.close(read_end)
-        code = 2
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            os.write(write_end, fn().encode())
-            code = 0
-        except DeepsegError as exc:
-            os.write(write_end, str(exc).encode())
-            code = 1
-        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
-            os.write(write_end, repr(exc).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        text = fh.read().decode()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
-
-
 @pytest.fixture
 def root_owned_home(monkeypatch: pytest.MonkeyPatch):
     """A cache folder that root owns and 'nobody' can read but not write."""
-    if not hasattr(os, "fork") or os.geteuid() != 0:
+    if not can_drop_privileges():
         pytest.skip("needs root (to drop privileges in a child)")
-    base = Path(tempfile.mkdtemp(prefix="deepseg_ro_", dir="/tmp"))
-    base.chmod(0o755)
-    home = base / "cache"
-    home.mkdir(mode=0o755)
-    monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(home))
-    yield home
-    shutil.rmtree(base, ignore_errors=True)
+    with shared_folder() as base:
+        home = base / "cache"
+        home.mkdir(mode=0o755)
+        monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(home))
+        yield home
 
 
 def test_read_only_cache_as_unprivileged_user(server: FlakyServer, root_owned_home: Path) -> None:
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
-    code, message = _as_nobody(lambda: str(download.ensure_model(spec, progress=False)))
+    code, message = as_nobody(lambda: str(download.ensure_model(spec, progress=False)))
     assert code == 1, message
     assert "not writable" in message and "DEEPSEG_IMSCT_HOME" in message and str(root_owned_home) in message
     assert server.hits["/a"] == 0
@@ -438,7 +408,7 @@ def test_read_only_cache_as_unprivileged_user(server: FlakyServer, root_owned_ho
 def test_read_only_cache_with_verified_model_as_unprivileged_user(server: FlakyServer, root_owned_home: Path) -> None:
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
     path = download.ensure_model(spec, progress=False)  # as root
-    code, text = _as_nobody(lambda: str(download.ensure_model(spec, progress=False)))
+    code, text = as_nobody(lambda: str(download.ensure_model(spec, progress=False)))
     assert (code, text) == (0, str(path))  # re-verified, stamp not writable: still fine
     assert server.hits["/a"] == 1
 
@@ -587,3 +557,98 @@ def test_concurrent_processes_download_once(server: FlakyServer, home: Path, loc
     assert server.hits["/slow"] == 1
     assert cached(spec, home).read_bytes() == PAYLOAD
     assert leftovers(cached(spec, home).parent) == ["model.onnx", "model.onnx.verified.json"]
+
+
+# ----------------------------------------------------------------------------- no network at all
+
+
+@pytest.mark.parametrize("failure, reason", [
+    ("dns", "Name or service not known"),
+    ("unreachable", "Network is unreachable"),
+], ids=["dns", "no-network"])
+def test_no_network_names_the_url_and_the_import_command(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         failure: str, reason: str) -> None:
+    """DNS failure or no route at all: retried, then one message with the URL and the offline fix."""
+    calls: list[str] = []
+
+    def no_dns(host, *args, **kwargs):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def unreachable(self, address):
+        calls.append(address[0])
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    if failure == "dns":
+        monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+        url = "http://models.deepseg-imsct.invalid/m.onnx"
+    else:
+        monkeypatch.setattr(socket.socket, "connect", unreachable)
+        url = "http://192.0.2.1/m.onnx"  # TEST-NET-1: never routed
+    spec = make_spec(sources=(url,))
+    with pytest.raises(DeepsegError) as err:
+        download.ensure_model(spec, progress=False)
+    message = str(err.value)
+    assert f"{url}: {reason} (after {download.ATTEMPTS} attempts)" in message
+    assert "imsct_deepseg -install <task> --from" in message and str(cached(spec, home)) in message
+    assert len(calls) == download.ATTEMPTS
+    assert leftovers(cached(spec, home).parent) == []
+
+
+# ----------------------------------------------------------------------------- registry entries
+
+
+def _registry(tmp_path: Path, change) -> Path:
+    """The analytic test registry with ``change(data)`` applied to its JSON."""
+    from onnx_models import write_registry
+
+    path = write_registry(tmp_path / "reg")
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _seg(data: dict) -> dict:
+    return data["models"]["seg"]["versions"]["1.0"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tasks"]["seg_tumor-edema-cavity_t1-t2"].pop("segmenter"),
+     r"model registry .*model_registry.json is malformed \(missing or bad field 'segmenter'\): reinstall deepseg-imsct"),
+    (lambda d: _seg(d).pop("sha256"),
+     r"model 'seg' version '1.0' in .* lacks the field 'sha256': fix the registry or reinstall deepseg-imsct"),
+    (lambda d: _seg(d).update(patch_size=[32, 32]),
+     r"model 'seg' version '1.0' .* has a malformed field \(patch_size must be 3 positive numbers, got \[32, 32\]\)"),
+    (lambda d: _seg(d).update(size="big"), r"has a malformed field \(invalid literal for int"),
+    (lambda d: _seg(d).update(sha256="abc"), r"needs a 64-hex sha256, sources, classes and contrasts: fix the registry"),
+    (lambda d: _seg(d).update(sources=[]), r"needs a 64-hex sha256, sources"),
+    (lambda d: _seg(d).update(normalization="minmax"),
+     r"asks for normalization 'minmax', which this version cannot do: upgrade deepseg-imsct"),
+    (lambda d: d["models"].pop("seg"), r"model 'seg' has no versions in .*: reinstall deepseg-imsct"),
+], ids=["task-field-missing", "model-field-missing", "bad-patch", "bad-size", "bad-sha", "no-sources",
+        "normalization", "model-missing"])
+def test_registry_with_a_missing_or_malformed_field(tmp_path: Path, change, message: str) -> None:
+    from deepseg_imsct.registry import load_registry
+
+    path = _registry(tmp_path, change)
+    with pytest.raises(DeepsegError, match=message) as err:
+        reg = load_registry(path)
+        task = reg.task("tumor_edema_cavity_t1_t2")
+        reg.model(task.segmenter)
+    assert str(path) in str(err.value)
+
+
+def test_registry_file_problems_name_the_file_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepseg_imsct.registry import load_registry
+
+    broken = tmp_path / "model_registry.json"
+    broken.write_text("{not json")
+    with pytest.raises(DeepsegError, match=f"model registry {broken} is unreadable .*: reinstall deepseg-imsct"):
+        load_registry(broken)
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(tmp_path / "missing.json"))
+    with pytest.raises(DeepsegError, match=f"model registry not found: {tmp_path / 'missing.json'}: "
+                                           "fix or unset DEEPSEG_IMSCT_REGISTRY"):
+        load_registry()
+    with pytest.raises(DeepsegError, match=r"model 'seg' has no version '9.9' in .*: available 1.0"):
+        load_registry(_registry(tmp_path, lambda d: None)).model("seg", "9.9")

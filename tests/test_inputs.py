@@ -1,16 +1,26 @@
 """Bad inputs end in one clear DeepsegError naming the file and the fix, or are handled."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import logging
+import os
+from io import StringIO
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import synthetic
+from onnx_models import write_registry
+from test_pipeline import write_case
+from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import io
+from deepseg_imsct import cli, io
 from deepseg_imsct.errors import DeepsegError
+from deepseg_imsct.pipeline import Predictor
+from deepseg_imsct.registry import load_registry
 
 AFFINE = np.diag([0.8, 0.8, 3.0, 1.0])
 
@@ -48,9 +58,15 @@ def test_unusable_files_are_named_with_the_fix(tmp_path, make, message):
         io.load_volume(make(tmp_path), "T2w")
 
 
-def test_truncated_gzip_is_refused(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_truncated_or_corrupt_gzip_is_refused(tmp_path, damage):
     path = save(tmp_path / "t2.nii.gz", noise((60, 60, 20)))
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # bytes flipped in the middle of the deflate stream: bad data or CRC
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 64])
+    path.write_bytes(bytes(data))
     with pytest.raises(DeepsegError, match="T2w file .*t2.nii.gz (is not a readable NIfTI|cannot be read).*re-export"):
         io.load_volume(path, "T2w")
 
@@ -79,6 +95,15 @@ def test_complex_and_rgb_are_refused(tmp_path):
     nib.save(nib.Nifti1Image(rgb, AFFINE), tmp_path / "rgb.nii.gz")
     with pytest.raises(DeepsegError, match="RGB"):
         io.load_volume(tmp_path / "rgb.nii.gz", "T2w")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
+def test_integer_and_float_voxels_are_read_as_float32(tmp_path, dtype):
+    values = np.arange(2400).reshape(20, 20, 6) % 200
+    nib.save(nib.Nifti1Image(values.astype(dtype), AFFINE), tmp_path / "v.nii.gz")
+    data = io.load_volume(tmp_path / "v.nii.gz", "T2w").data
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data, values.astype(np.float32))
 
 
 def test_scaled_integers_are_read_in_physical_values(tmp_path):
@@ -150,3 +175,98 @@ def test_missing_output_folder_is_created(tmp_path):
     io.write_outputs({target: img}, {target.with_suffix("").with_suffix(".json"): {"k": 1}})
     assert nib.load(target).get_fdata().sum() == 8 and (tmp_path / "a" / "b" / "x.json").exists()
     assert gzip.decompress(target.read_bytes())[:4] != b""  # a real gzip stream
+
+
+def test_0_1_mm_voxels_give_masks_on_the_native_grid(tmp_path):
+    """Extreme in-plane resolution (0.1 mm, 3 mm slices) through the whole cascade."""
+    predictor = Predictor(registry=load_registry(write_registry(tmp_path)))
+    t2, t1, truth = synthetic.case("PSR", (0.1, 0.1, 3.0), (300, 600, 14))
+    tumor = np.asanyarray(predictor(t2, t1).masks["tumor"].dataobj) > 0
+    assert tumor.shape == truth.shape and tumor[truth].mean() > 0.9
+
+
+# ----------------------------------------------------------------------------- permissions, for real
+
+
+def run_cli_as_nobody(argv: list[str]) -> tuple[int, list[str]]:
+    """``imsct_deepseg argv`` in a child running as 'nobody': (exit status, its stderr lines)."""
+
+    def main() -> str:
+        err = StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+        return f"{code}\n{err.getvalue()}"
+
+    child, text = as_nobody(main)
+    assert child == 0, text
+    code, _, err = text.partition("\n")
+    return int(code), err.splitlines()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def nobody_case(monkeypatch):
+    """A T2w/T1w pair and analytic models in a folder 'nobody' can read, and an empty output
+    folder it can write: (T2w, T1w, output folder)."""
+    if not can_drop_privileges():
+        pytest.skip("needs root (to drop privileges in a child); as a user, the chmod tests apply")
+    with shared_folder() as base:
+        monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(write_registry(base / "models")))
+        t2, t1 = write_case(base / "in")
+        (base / "in").chmod(0o755)
+        out = base / "out"
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        yield t2, t1, out
+
+
+@pytest.mark.parametrize("blocked", ["file", "folder"])
+def test_unreadable_input_as_unprivileged_user(nobody_case, blocked):
+    """A T2w without read permission (or in a folder 'nobody' may not enter): one line, exit 2."""
+    t2, t1, out = nobody_case
+    before = (sha(t2), sha(t1))
+    if blocked == "file":
+        t2.chmod(0o600)
+        expected = f"imsct_deepseg: error: T2w file {t2} is not readable: check its permissions"
+    else:
+        t2.parent.chmod(0o711)  # t1 stays reachable by its name, t2 is moved into a closed folder
+        closed = t2.parent / "closed"
+        closed.mkdir(mode=0o700)
+        t2 = t2.rename(closed / t2.name)
+        expected = f"imsct_deepseg: error: T2w file {t2} cannot be reached (Permission denied): check the permissions of the folders above it"
+    code, err = run_cli_as_nobody(["-i", str(t2), str(t1), "-o", str(out)])
+    assert code == 2
+    assert [line for line in err if line.startswith("imsct_deepseg")] == [expected]
+    assert list(out.iterdir()) == []
+    assert (sha(t2), sha(t1)) == before
+
+
+def test_unreadable_input_as_user(tmp_path, monkeypatch, capsys):
+    """The same without root: chmod 000 makes the file unreadable."""
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(write_registry(tmp_path / "models")))
+    t2, t1 = write_case(tmp_path / "in")
+    t2.chmod(0o000)
+    try:
+        if os.access(t2, os.R_OK):
+            pytest.skip("running as root: chmod does not stop reads (see the 'nobody' variant)")
+        assert cli.main(["-i", str(t2), str(t1), "-o", str(tmp_path / "out")]) == 2
+    finally:
+        t2.chmod(0o644)
+    assert capsys.readouterr().err.strip() == f"imsct_deepseg: error: T2w file {t2} is not readable: check its permissions"
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_folder_as_unprivileged_user(nobody_case):
+    """A real read-only output folder: refused with the fix; nothing written, inputs intact."""
+    t2, t1, out = nobody_case
+    out.chmod(0o755)  # root's: 'nobody' cannot write in it
+    before = (sha(t2), sha(t1))
+    code, err = run_cli_as_nobody(["-i", str(t2), str(t1), "-o", str(out)])
+    assert code == 2
+    assert [line for line in err if line.startswith("imsct_deepseg")] == [
+        f"imsct_deepseg: error: output folder {out} is not writable: choose another with -o"]
+    assert list(out.iterdir()) == []
+    assert (sha(t2), sha(t1)) == before

@@ -1,0 +1,706 @@
+"""docs/errors.md tells the truth: each row's message is what the command prints for that failure.
+
+Every table row of docs/errors.md has a trigger here that really causes the failure (bad files,
+a misbehaving HTTP server on 127.0.0.1, permissions as the user 'nobody' when run as root) and
+runs ``imsct_deepseg`` on it. The printed line must match the row, ``<placeholders>`` matching
+any text. Error rows: exactly one ``imsct_deepseg: ...`` line and a non-zero exit status; warning
+rows: one of the lines on stderr. Rows of the "Download failure reasons" table are checked inside
+the "Model download failed" message.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pytest
+import synthetic
+from http_server import FlakyServer, free_port, html_page, send_bytes, stall, status
+from onnx_models import write_registry
+from unprivileged import as_nobody, can_drop_privileges, shared_folder
+
+from deepseg_imsct import cli, download, io, registry
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+REASONS = "Download failure reasons"
+DOWNLOAD_ROW = "Model download failed"
+
+
+# ----------------------------------------------------------------------------- reading the doc
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    failure: str
+    message: str  # with <placeholders>
+
+
+def doc_rows() -> list[Row]:
+    """Table rows whose second cell is a ``code span``, with their section heading."""
+    rows, section = [], ""
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            section = line.lstrip("#").strip()
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] if line.startswith("|") else []
+        if len(cells) >= 3:
+            code = re.fullmatch(r"``? (.*) ``?", cells[1])
+            if code:
+                rows.append(Row(section, cells[0], code.group(1).replace("\\|", "|")))
+    return rows
+
+
+def pattern(message: str) -> re.Pattern:
+    """The message as a regex: ``<anything>`` is a wildcard, the rest literal."""
+    parts = re.split(r"<[^<>]+>", message)
+    return re.compile(".+?".join(re.escape(p) for p in parts))
+
+
+def row(failure: str) -> Row:
+    return next(r for r in doc_rows() if r.failure == failure)
+
+
+# ----------------------------------------------------------------------------- running the command
+
+
+class Env:
+    """A scratch folder ('nobody' can read it when we are root), the analytic models, the command."""
+
+    def __init__(self, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+        self.base, self.mp, self.capsys = base, monkeypatch, capsys
+        self.cache = base / "cache"
+        monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(self.cache))
+        for name, value in (("BACKOFF_S", 0.01), ("READ_TIMEOUT_S", 0.3), ("CONNECT_TIMEOUT_S", 2.0),
+                            ("LOCK_POLL_S", 0.02), ("LOCK_WAIT_S", 0.3)):
+            monkeypatch.setattr(download, name, value)
+        self.registry()
+
+    def registry(self, change: Callable[[dict], None] | None = None, **kwargs) -> Path:
+        """Write the analytic registry (then ``change`` its JSON) and point the command at it."""
+        path = write_registry(self.base / "models", **kwargs)
+        if change:
+            data = json.loads(path.read_text())
+            change(data)
+            path.write_text(json.dumps(data))
+        self.mp.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
+        return path
+
+    def entry(self, model: str) -> dict:
+        return json.loads((self.base / "models" / "model_registry.json").read_text())["models"][model]["versions"]["1.0"]
+
+    def remote(self, server: FlakyServer, *actions) -> list[str]:
+        """Models served only by ``server`` (``actions`` for the localizer): returns their URLs."""
+        seg = (self.base / "models" / "seg.onnx").read_bytes()
+        urls = [server.route("/loc.onnx", *actions), server.route("/seg.onnx", send_bytes(seg))]
+
+        def change(data: dict) -> None:
+            for name, url in zip(("loc", "seg"), urls):
+                data["models"][name]["versions"]["1.0"]["sources"] = [url]
+        self.registry(change)
+        return urls
+
+    def case(self, folder: str = "in", **kwargs) -> tuple[Path, Path]:
+        (self.base / folder).mkdir(parents=True, exist_ok=True)
+        t2, t1, _ = synthetic.case(**kwargs)
+        return self.save(t2, f"{folder}/sub-01_T2w.nii.gz"), self.save(t1, f"{folder}/sub-01_T1w.nii.gz")
+
+    def save(self, image: nib.Nifti1Image, name: str) -> Path:
+        path = self.base / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, path)
+        return path
+
+    def cli(self, *argv: str, code: int = 2) -> list[str]:
+        """Run the command in this process: its stderr lines (the exit status must be ``code``)."""
+        self.capsys.readouterr()
+        assert cli.main([str(a) for a in argv]) == code
+        return self.capsys.readouterr().err.splitlines()
+
+    def cli_restricted(self, *argv: str) -> list[str]:
+        """Run the command where chmod binds: as 'nobody' in a child when we are root."""
+        if not can_drop_privileges():
+            return self.cli(*argv)
+
+        def main() -> str:
+            err = StringIO()
+            with contextlib.redirect_stderr(err):
+                status_ = cli.main([str(a) for a in argv])
+            return f"{status_}\n{err.getvalue()}"
+
+        child, text = as_nobody(main)
+        assert child == 0, text
+        code, _, err = text.partition("\n")
+        assert int(code) == 2, err
+        return err.splitlines()
+
+
+@pytest.fixture
+def env(monkeypatch, capsys, tmp_path):
+    if can_drop_privileges():
+        with shared_folder() as base:
+            yield Env(base, monkeypatch, capsys)
+    else:
+        yield Env(tmp_path, monkeypatch, capsys)
+
+
+@pytest.fixture
+def server():
+    with FlakyServer(lifetime_s=60) as srv:
+        yield srv
+
+
+# ----------------------------------------------------------------------------- triggers
+
+TRIGGERS: dict[str, Callable[..., list[str]]] = {}
+
+
+def trigger(failure: str):
+    def register(fn):
+        TRIGGERS[failure] = fn
+        return fn
+    return register
+
+
+def image(data: np.ndarray, affine: np.ndarray | None = None) -> nib.Nifti1Image:
+    return nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0]) if affine is None else affine)
+
+
+def noise(shape=(20, 20, 6), dtype=np.float32) -> np.ndarray:
+    return (np.random.default_rng(0).random(shape) * 100).astype(dtype)
+
+
+def bad_input(env: Env, img_or_bytes, name: str = "bad_T2w.nii.gz") -> list[str]:
+    """Run on a bad T2w (an image, or raw bytes) with a good T1w."""
+    _, t1 = env.case()
+    path = env.base / name
+    if isinstance(img_or_bytes, bytes):
+        path.write_bytes(img_or_bytes)
+    else:
+        nib.save(img_or_bytes, path)
+    return env.cli("-i", path, t1, "-o", env.base / "out")
+
+
+# inputs
+
+@trigger("Input file missing")
+def _(env):
+    _, t1 = env.case()
+    return env.cli("-i", env.base / "nope_T2w.nii.gz", t1)
+
+
+@trigger("Input is a folder")
+def _(env):
+    _, t1 = env.case()
+    return env.cli("-i", env.base / "in", t1)
+
+
+@trigger("Wrong file extension")
+def _(env):
+    _, t1 = env.case()
+    (env.base / "t2.dcm").write_bytes(b"DICM")
+    return env.cli("-i", env.base / "t2.dcm", t1)
+
+
+@trigger("No read permission")
+def _(env):
+    t2, t1 = env.case()
+    t2.chmod(0o000)
+    return env.cli_restricted("-i", t2, t1)
+
+
+@trigger("A folder on the path cannot be entered")
+def _(env):
+    t2, t1 = env.case()
+    closed = env.base / "closed"
+    closed.mkdir()
+    t2 = t2.rename(closed / t2.name)
+    closed.chmod(0o700 if can_drop_privileges() else 0o000)
+    try:
+        return env.cli_restricted("-i", t2, t1)
+    finally:
+        closed.chmod(0o755)
+
+
+@trigger("Not a NIfTI file, or an empty one")
+def _(env):
+    return bad_input(env, b"")
+
+
+@trigger("Truncated or corrupt file")
+def _(env):
+    data = image(noise((60, 60, 20))).to_bytes()
+    return bad_input(env, gzip.compress(data)[:-len(data) // 4])
+
+
+@trigger("2D image, or more than 4 dimensions")
+def _(env):
+    return bad_input(env, image(noise((20, 20))))
+
+
+@trigger("4D image with several volumes")
+def _(env):
+    return bad_input(env, image(noise((20, 20, 6, 3))))
+
+
+@trigger("Complex voxels")
+def _(env):
+    return bad_input(env, image(noise().astype(np.complex64)))
+
+
+@trigger("RGB voxels")
+def _(env):
+    rgb = np.zeros((20, 20, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    return bad_input(env, image(rgb))
+
+
+@trigger("Degenerate affine")
+def _(env):
+    img = image(noise())
+    img.header["qform_code"], img.header["sform_code"] = 0, 1
+    img.header["srow_z"] = [0, 0, 0, 0]
+    return bad_input(env, gzip.compress(img.header.binaryblock + b"\0" * 4 + noise().tobytes(order="F")))
+
+
+@trigger("Image too large for this machine's memory")
+def _(env):
+    env.mp.setattr(io, "available_memory_bytes", lambda: 1000)
+    return bad_input(env, image(noise()))
+
+
+@trigger("Constant or all-zero image")
+def _(env):
+    return bad_input(env, image(np.zeros((20, 20, 6), np.int16)))
+
+
+@trigger("The same file given twice")
+def _(env):
+    t2, _ = env.case()
+    return env.cli("-i", t2, t2)
+
+
+@trigger("T1w and T2w do not overlap")
+def _(env):
+    far = synthetic.sagittal_affine("PSR", (0.8, 0.8, 3.0), (160, 200, 14), centre=(0.0, 0.0, 400.0))
+    t2, t1 = env.case(t1_grid=((160, 200, 14), far))
+    return env.cli("-i", t2, t1)
+
+
+# outputs and the run
+
+@trigger("Output folder cannot be created")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "a_file").write_text("x")
+    return env.cli("-i", t2, t1, "-o", env.base / "a_file" / "out")
+
+
+@trigger("Output folder not writable")
+def _(env):
+    t2, t1 = env.case()
+    out = env.base / "out"
+    out.mkdir(mode=0o555)
+    out.chmod(0o555)
+    try:
+        return env.cli_restricted("-i", t2, t1, "-o", out)
+    finally:
+        out.chmod(0o755)
+
+
+def _failing_write(env: Env, exc: BaseException) -> None:
+    real, calls = nib.Nifti1Image.to_bytes, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise exc
+        return real(self, *args, **kwargs)
+    env.mp.setattr(nib.Nifti1Image, "to_bytes", flaky)
+
+
+@trigger("Disk full (or any write error) while writing the outputs")
+def _(env):
+    t2, t1 = env.case()
+    _failing_write(env, OSError(errno.ENOSPC, "No space left on device"))
+    return env.cli("-i", t2, t1, "-o", env.base / "out")
+
+
+@trigger("Ctrl-C")
+def _(env):
+    t2, t1 = env.case()
+    _failing_write(env, KeyboardInterrupt())
+    return env.cli("-i", t2, t1, "-o", env.base / "out", code=130)
+
+
+# options
+
+def with_case(env: Env, *options: str) -> list[str]:
+    t2, t1 = env.case()
+    return env.cli("-i", t2, t1, *options)
+
+
+TRIGGERS["Wrong number of -i files"] = lambda env: env.cli("-i", "a.nii.gz")
+TRIGGERS["-c does not name t2 and t1"] = lambda env: env.cli("-i", "a.nii", "b.nii", "-c", "t2", "t2")
+TRIGGERS["-thr not a probability"] = lambda env: with_case(env, "-thr", "1.5")
+TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-small", "0.2vox")
+TRIGGERS["-fill-holes not 0 or 1"] = lambda env: with_case(env, "-fill-holes", "yes")
+TRIGGERS["Unknown class in CLASS=VALUE"] = lambda env: with_case(env, "-thr", "brain=0.5")
+TRIGGERS["Wrong number of per-class values"] = lambda env: with_case(env, "-thr", "0.5", "0.6")
+TRIGGERS["Negative -threads"] = lambda env: with_case(env, "-threads", "-1")
+TRIGGERS["Unknown task"] = lambda env: env.cli("no_such_task", "-i", "a.nii", "b.nii")
+TRIGGERS["Unknown model version"] = lambda env: with_case(env, "-segmenter-version", "9.9")
+
+
+# models and downloads
+
+@trigger("Offline, model not installed")
+def _(env, server):
+    env.remote(server, send_bytes(b""))
+    out = with_case(env, "-offline")
+    assert server.hits["/loc.onnx"] == 0
+    return out
+
+
+@trigger("Bundled model file missing, no URL")
+def _(env):
+    (env.base / "models" / "loc.onnx").unlink()
+    return with_case(env)
+
+
+@trigger(DOWNLOAD_ROW)
+def _(env, server):
+    env.remote(server, status(404))
+    return env.cli("-install")
+
+
+@trigger("A mirror failed (the next one is tried)")
+def _(env, server):
+    good = server.route("/good.onnx", send_bytes((env.base / "models" / "loc.onnx").read_bytes()))
+
+    def change(data: dict) -> None:
+        data["models"]["loc"]["versions"]["1.0"]["sources"] = [server.route("/gone.onnx", status(404)), good]
+    env.registry(change)
+    return env.cli("-install", code=0)
+
+
+@trigger("Corrupt model in the cache")
+def _(env, server):
+    data = (env.base / "models" / "loc.onnx").read_bytes()
+    env.remote(server, send_bytes(data))
+    cached = env.cache / "models" / "loc" / "1.0" / "loc.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data[::-1])
+    return env.cli("-install", code=0)
+
+
+@trigger("Model cache folder not writable")
+def _(env, server):
+    env.remote(server, send_bytes(b""))
+    env.cache.mkdir(mode=0o555)
+    env.cache.chmod(0o555)
+    try:
+        out = env.cli_restricted("-install")
+    finally:
+        env.cache.chmod(0o755)
+    assert server.hits["/loc.onnx"] == 0
+    return out
+
+
+@trigger("Disk full while downloading a model")
+def _(env, server):
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to find the download's file")
+    env.remote(server, send_bytes((env.base / "models" / "loc.onnx").read_bytes()))
+    real = os.write
+
+    def full(fd: int, data) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target.endswith(".part"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    env.mp.setattr(download.os, "write", full)
+    return env.cli("-install")
+
+
+def _held_lock(env: Env) -> Path:
+    folder = env.cache / "models" / "loc" / "1.0"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@trigger("Another process is installing (lock held)")
+def _(env, server):
+    fcntl = pytest.importorskip("fcntl")
+    env.remote(server, send_bytes(b""))
+    env.mp.setattr(download, "LOCK_METHOD", "flock")
+    fd = os.open(_held_lock(env) / ".loc.onnx.flock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: conflicts even in-process
+        return env.cli("-install")
+    finally:
+        os.close(fd)
+
+
+@trigger("Another process is installing (lock file, where flock is unavailable)")
+def _(env, server):
+    env.remote(server, send_bytes(b""))
+    env.mp.setattr(download, "LOCK_METHOD", "excl")
+    lock = _held_lock(env) / ".loc.onnx.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "x"}))
+    return env.cli("-install")
+
+
+@trigger("Stale lock file of a crashed run")
+def _(env, server):
+    env.remote(server, send_bytes((env.base / "models" / "loc.onnx").read_bytes()))
+    env.mp.setattr(download, "LOCK_METHOD", "excl")
+    lock = _held_lock(env) / ".loc.onnx.lock"
+    lock.write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname(), "token": "x"}))  # > pid_max
+    return env.cli("-install", code=0)
+
+
+@trigger("No writable per-user cache folder")
+def _(env):
+    for name in ("DEEPSEG_IMSCT_HOME", "XDG_CACHE_HOME", "LOCALAPPDATA"):
+        env.mp.delenv(name, raising=False)
+    env.mp.setenv("HOME", "/")
+    env.mp.setattr(sys, "platform", "linux")
+    env.mp.setattr(download.tempfile, "tempdir", str(env.base))
+    return env.cli("-list-tasks", code=0)
+
+
+@trigger("Model file does not match its registry entry")
+def _(env):
+    env.registry(lambda d: d["models"]["seg"]["versions"]["1.0"].update(patch_size=[16, 16, 16]))
+    return with_case(env)
+
+
+@trigger("Model file not loadable by ONNX Runtime")
+def _(env):
+    junk = b"not an onnx graph"
+    env.registry(lambda d: d["models"]["seg"]["versions"]["1.0"].update(
+        sha256=hashlib.sha256(junk).hexdigest(), size=len(junk)))
+    (env.base / "models" / "seg.onnx").write_bytes(junk)  # write_registry rewrote it
+    return with_case(env)
+
+
+# installing from a file or folder
+
+@trigger("-install --from: path does not exist")
+def _(env):
+    return env.cli("-install", "--from", env.base / "downloads" / "seg.onnx")
+
+
+@trigger("-install --from: not one of the task's model files")
+def _(env):
+    (env.base / "other.onnx").write_bytes(b"something else")
+    return env.cli("-install", "--from", env.base / "other.onnx")
+
+
+@trigger("-install --from: folder without the model")
+def _(env):
+    (env.base / "empty").mkdir()
+    return env.cli("-install", "--from", env.base / "empty")
+
+
+@trigger("-install --from: file of the wrong size")
+def _(env):
+    (env.base / "dl").mkdir()
+    (env.base / "dl" / "loc.onnx").write_bytes(b"short")
+    return env.cli("-install", "--from", env.base / "dl")
+
+
+@trigger("-install --from: file with the wrong checksum")
+def _(env):
+    data = (env.base / "models" / "loc.onnx").read_bytes()
+    (env.base / "dl").mkdir()
+    (env.base / "dl" / "loc.onnx").write_bytes(data[::-1])
+    return env.cli("-install", "--from", env.base / "dl")
+
+
+# the registry
+
+def _broken_shipped_registry(env: Env, text: str | None) -> list[str]:
+    """The shipped registry (no $DEEPSEG_IMSCT_REGISTRY) missing, or with this text."""
+    path = env.base / "shipped" / "model_registry.json"
+    if text is not None:
+        path.parent.mkdir()
+        path.write_text(text)
+    env.mp.delenv("DEEPSEG_IMSCT_REGISTRY")
+    env.mp.setattr(registry, "REGISTRY_PATH", path)
+    return env.cli("-list-tasks")
+
+
+TRIGGERS["Registry file missing"] = lambda env: _broken_shipped_registry(env, None)
+TRIGGERS["Registry file not valid JSON"] = lambda env: _broken_shipped_registry(env, "{not json")
+TRIGGERS["Registry task lacks a field"] = lambda env: _broken_shipped_registry(env, json.dumps({"tasks": {"t": {}}, "models": {}}))
+
+
+def _seg_entry(env: Env, change: Callable[[dict], None]) -> list[str]:
+    env.registry(lambda d: change(d["models"]["seg"]["versions"]["1.0"]))
+    return with_case(env)
+
+
+TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e: e.pop("sha256"))
+TRIGGERS["Registry model field malformed"] = lambda env: _seg_entry(env, lambda e: e.update(patch_size=[32, 32]))
+TRIGGERS["Registry model without checksum, sources, classes or contrasts"] = lambda env: _seg_entry(env, lambda e: e.update(sources=[]))
+TRIGGERS["Registry asks for an unknown normalization"] = lambda env: _seg_entry(env, lambda e: e.update(normalization="minmax"))
+TRIGGERS["Registry model with an unsafe file name"] = lambda env: _seg_entry(env, lambda e: e.update(file="../seg.onnx"))
+
+
+@trigger("Registry task names a model it does not list")
+def _(env):
+    env.registry(lambda d: d["models"].pop("seg"))
+    return with_case(env)
+
+
+# warnings
+
+def run_with_t2(env: Env, t2_image: nib.Nifti1Image, t1_image: nib.Nifti1Image | None = None, code: int = 0) -> list[str]:
+    t2 = env.save(t2_image, "w/sub_T2w.nii.gz")
+    _, t1 = env.case()
+    if t1_image is not None:
+        t1 = env.save(t1_image, "w/sub_T1w.nii.gz")
+    return env.cli("-i", t2, t1, "-o", env.base / "out", code=code)
+
+
+@trigger("NaN or Inf voxels")
+def _(env):
+    t2, _, _ = synthetic.case()
+    data = t2.get_fdata(dtype=np.float32)
+    data[0, 0, 0] = np.nan
+    return run_with_t2(env, nib.Nifti1Image(data, t2.affine))
+
+
+@trigger("qform and sform disagree")
+def _(env):
+    t2, _, _ = synthetic.case()
+    shifted = t2.affine.copy()
+    shifted[0, 3] += 20
+    t2.set_qform(shifted, code=1)
+    return run_with_t2(env, t2)
+
+
+def cord_phantoms() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """(T2w, T1w) with CSF around the cord: bright on the T2w, dark on the T1w."""
+    shape = (100, 160, 14)
+    affine = synthetic.sagittal_affine("PSR", (1.0, 1.0, 3.0), shape)
+    xyz = synthetic.centres_mm(shape, affine)
+    radius = np.hypot(xyz[..., 0], xyz[..., 1])
+    rng = np.random.default_rng(0)
+    t2, t1 = 100 + rng.normal(0, 3, shape), 200 + rng.normal(0, 3, shape)
+    t2[radius <= 7], t1[radius <= 7] = 900, 30  # CSF
+    t2[radius <= 4], t1[radius <= 4] = 400, 400  # cord
+    return nib.Nifti1Image(t2.astype(np.float32), affine), nib.Nifti1Image(t1.astype(np.float32), affine)
+
+
+@trigger("T2w and T1w look swapped")
+def _(env):
+    t2, t1 = cord_phantoms()
+    return run_with_t2(env, t1, t2)
+
+
+@trigger("No cord in the T2w but one in the T1w")
+def _(env):
+    t2, t1 = cord_phantoms()
+    dark_cord = np.where(t1.get_fdata() >= 400, 0, 100).astype(np.float32)  # nothing 1 SD above the mean
+    return run_with_t2(env, nib.Nifti1Image(dark_cord, t2.affine), t1)
+
+
+@trigger("No spinal cord found")
+def _(env):
+    env.registry(loc_min_volume_cm3=1000.0)
+    t2, t1 = env.case()
+    return env.cli("-i", t2, t1, "-o", env.base / "out", code=0)
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def _call(failure: str, env: Env, request: pytest.FixtureRequest) -> list[str]:
+    fn = TRIGGERS[failure]
+    if "server" in fn.__code__.co_varnames[: fn.__code__.co_argcount]:
+        return fn(env, request.getfixturevalue("server"))
+    return fn(env)
+
+
+def test_every_row_has_a_trigger_and_every_trigger_a_row():
+    rows = [r.failure for r in doc_rows() if r.section != REASONS]
+    assert len(rows) == len(set(rows)), "duplicate failure names in docs/errors.md"
+    assert sorted(set(rows) - set(TRIGGERS)) == [], "rows without a trigger"
+    assert sorted(set(TRIGGERS) - set(rows)) == [], "triggers without a row"
+
+
+@pytest.mark.parametrize("failure", [r.failure for r in doc_rows() if r.section != REASONS])
+def test_the_message_in_the_table_is_the_one_printed(failure, env, request):
+    doc = row(failure)
+    lines = _call(failure, env, request)
+    if doc.message.startswith("imsct_deepseg:"):
+        printed = [line for line in lines if line.startswith("imsct_deepseg:")]
+        assert len(printed) == 1, lines
+        assert pattern(doc.message).fullmatch(printed[0]), f"\ndoc:     {doc.message}\nprinted: {printed[0]}"
+    else:
+        assert any(pattern(doc.message).fullmatch(line) for line in lines), f"\ndoc: {doc.message}\nprinted: {lines}"
+
+
+def _serve(env: Env, server: FlakyServer, reason: str) -> list[str]:
+    data = (env.base / "models" / "loc.onnx").read_bytes()
+    actions = {
+        "HTTP 404": [status(404)],
+        "HTTP 5xx": [status(503)],
+        "Connection refused": None,
+        "DNS failure": None,
+        "No network": None,
+        "Timeout": [stall(10.0, announced=len(data))],
+        "HTML page instead of the model": [html_page()],
+        "Connection broken mid-download": [send_bytes(data, cut=len(data) // 2)],
+        "Body shorter than the model": [send_bytes(data[:-10], length=None)],
+        "Body longer than the model": [send_bytes(data + b"x" * 10, length=None)],
+        "Wrong Content-Length": [send_bytes(data + b"x")],
+        "Wrong checksum": [send_bytes(bytes([data[0] ^ 0xFF]) + data[1:])],
+        "TLS error": [send_bytes(data)],
+    }[reason]
+    urls = env.remote(server, *(actions or [status(500)]))
+    url = urls[0]
+    if reason == "Connection refused":
+        url = f"http://127.0.0.1:{free_port()}/loc.onnx"
+    elif reason == "DNS failure":
+        url = "http://models.deepseg-imsct.invalid/loc.onnx"
+        env.mp.setattr(socket, "getaddrinfo", _raise(socket.gaierror(socket.EAI_NONAME, "Name or service not known")))
+    elif reason == "No network":
+        url = "http://192.0.2.1/loc.onnx"
+        env.mp.setattr(socket.socket, "connect", _raise(OSError(errno.ENETUNREACH, "Network is unreachable")))
+    elif reason == "TLS error":
+        url = url.replace("http://", "https://")
+    if url != urls[0]:
+        env.registry(lambda d: d["models"]["loc"]["versions"]["1.0"].update(sources=[url]))
+    return env.cli("-install")
+
+
+def _raise(exc: BaseException) -> Callable[..., None]:
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+@pytest.mark.parametrize("reason", [r.failure for r in doc_rows() if r.section == REASONS])
+def test_each_download_failure_reason_is_printed_as_documented(reason, env, server):
+    template = row(DOWNLOAD_ROW).message
+    assert template.count("<reason>") == 1
+    doc = template.replace("<reason>", row(reason).message)
+    printed = [line for line in _serve(env, server, reason) if line.startswith("imsct_deepseg:")]
+    assert len(printed) == 1 and pattern(doc).fullmatch(printed[0]), f"\ndoc:     {doc}\nprinted: {printed}"
