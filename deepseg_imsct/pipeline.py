@@ -82,11 +82,16 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
 
 
 def find_cord(volume: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
-    """The largest plausible cord component on the localizer's input block, or None."""
+    """The largest plausible cord component on the localizer's input block, or None.
+
+    Only voxels inside the scan's field of view are plausible: predictions in the block's zero
+    padding (a field of view smaller than the block) are dropped before the components are counted.
+    """
     spec = model.spec
     block = centred_block(working_grid(volume.grid, spec.spacing_mm), spec.patch_size)
     x = model_input([(volume.data, volume.grid)], block)
     prob = model(x[None])[0, 0]
+    prob[np.isnan(resample(volume.data, volume.grid, block, order=0, fill=np.nan))] = 0.0
     post = spec.postprocessing[spec.classes[0]]
     min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
     return largest_component(prob >= post.threshold, min_voxels), block

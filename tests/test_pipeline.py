@@ -159,7 +159,7 @@ def test_same_file_twice_is_refused(predictor, tmp_path):
 
 
 def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
-    from deepseg_imsct.grid import Grid
+    from deepseg_imsct.grid import Grid, resample
     from deepseg_imsct.io import Volume
     from deepseg_imsct.pipeline import looks_swapped
 
@@ -227,3 +227,33 @@ def test_any_header_geometry_gives_masks_on_the_t2w_grid(predictor, t2_axes, t1_
         assert img.shape == s2 and int(img.header["qform_code"]) == qform_code
         np.testing.assert_allclose(img.affine, t2.affine, atol=1e-5)
     np.testing.assert_allclose(centroid_mm(result.masks["tumor"]), synthetic.TUMOR_CENTRE_MM, atol=slice_mm / 2 + 1.0)
+
+
+def test_cord_predicted_in_the_padding_outside_the_field_of_view_is_ignored():
+    """A small scan sits in the middle of the localizer's block: a large false 'cord' in the zero
+    padding must not win over the real one inside the field of view (seen on a real T1w crop)."""
+    from deepseg_imsct.grid import Grid, resample
+    from deepseg_imsct.io import as_volume
+    from deepseg_imsct.pipeline import find_cord
+
+    spec = load_registry().model("imsct_localizer")
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # 60x50x40 mm, 1 mm voxels
+    image = nib.Nifti1Image(np.random.default_rng(0).random((40, 50, 60)).astype(np.float32) + 1, affine)
+    volume = as_volume(image, "T2w")
+
+    class Fake:
+        def __init__(self):
+            self.spec = spec
+
+        def __call__(self, x):
+            prob = np.zeros(x.shape[:1] + (1,) + x.shape[2:], np.float32)
+            fov = x[0, 0] != 0
+            prob[0, 0, :20, :20, :] = 1.0  # a big blob in a corner of the block: padding only
+            sl = tuple(slice(int(i.min()), int(i.min()) + 4) for i in np.nonzero(fov))
+            prob[(0, 0) + sl] = 1.0  # a small one inside the field of view
+            return prob
+
+    cord, block = find_cord(volume, Fake())
+    assert isinstance(block, Grid) and cord is not None
+    inside = ~np.isnan(resample(volume.data, volume.grid, block, order=0, fill=np.nan))
+    assert cord.sum() > 0 and inside[cord].all()
