@@ -11,7 +11,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates, zoom
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 LOG = logging.getLogger(__name__)
 
@@ -33,11 +33,26 @@ def texture_field(anat: np.ndarray, seed: int, step: int) -> np.ndarray:
         coords = (sub.reshape(3, -1) - lo[:, None]) / cell
         vals += amp * map_coordinates(field, coords, order=1, mode="nearest").reshape(sub.shape[1:])
     if step > 1:
-        fac = (1, anat.shape[2] / vals.shape[1], anat.shape[3] / vals.shape[2])
-        vals = zoom(vals, fac, order=1)[:, : anat.shape[2], : anat.shape[3]]
-        pad = [(0, 0), (0, anat.shape[2] - vals.shape[1]), (0, anat.shape[3] - vals.shape[2])]
-        vals = np.pad(vals, pad, mode="edge")
+        vals = upsample_linear(vals, anat.shape[2], anat.shape[3])
     return vals.astype(np.float32)
+
+
+def _interp_matrix(m: int, n: int) -> np.ndarray:
+    """(n, m) linear-interpolation weights from m samples to n (end points aligned)."""
+    x = np.arange(n) * ((m - 1) / max(n - 1, 1))
+    i0 = np.minimum(x.astype(np.int64), max(m - 2, 0))
+    f = (x - i0).astype(np.float32)
+    w = np.zeros((n, m), np.float32)
+    w[np.arange(n), i0] = 1 - f
+    if m > 1:
+        w[np.arange(n), i0 + 1] += f
+    return w
+
+
+def upsample_linear(vals: np.ndarray, n1: int, n2: int) -> np.ndarray:
+    """Linear resize of the last two axes of (S, m1, m2) to (S, n1, n2) (two small matrix products)."""
+    w1, w2 = _interp_matrix(vals.shape[1], n1), _interp_matrix(vals.shape[2], n2)
+    return np.matmul(w1, np.matmul(vals.astype(np.float32), w2.T))
 
 
 def bias_field(shape: tuple[int, int, int], u_mm: np.ndarray, art: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -56,8 +71,9 @@ def _kspace_artifacts(img: np.ndarray, art: dict[str, Any], rng: np.random.Gener
         return img
     from scipy import fft as sfft
 
-    k = np.fft.fftshift(sfft.fft2(img.astype(np.complex64), axes=(1, 2)), axes=(1, 2))
     pe_axis = 1 + int(rng.integers(2))
+    # the edits depend on the phase-encoding line only: a 1-D transform along it is enough
+    k = np.fft.fftshift(sfft.fft(img.astype(np.float32), axis=pe_axis), axes=pe_axis)
     n = img.shape[pe_axis]
     if art["ringing"] < 1.0:
         keep = int(n * art["ringing"] / 2)
@@ -73,7 +89,7 @@ def _kspace_artifacts(img: np.ndarray, art: dict[str, Any], rng: np.random.Gener
         shp = [1, 1, 1]
         shp[pe_axis] = n
         k = k * mod.reshape(shp).astype(np.complex64)
-    return np.abs(sfft.ifft2(np.fft.ifftshift(k, axes=(1, 2)), axes=(1, 2))).astype(np.float32)
+    return np.abs(sfft.ifft(np.fft.ifftshift(k, axes=pe_axis), axis=pe_axis)).astype(np.float32)
 
 
 def fov_cut_mask(shape: tuple[int, int, int], art: dict[str, Any]) -> "np.ndarray | None":

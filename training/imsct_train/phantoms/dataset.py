@@ -22,6 +22,7 @@ from .acquisition import finish_image, fov_cut_mask, texture_field, to_nifti
 from .lesions import hard_case_flags
 from .params import CaseParams, sample_case_params
 from .render import build_scene, labels_from_fractions, render_grid
+from .timing import stage
 
 LOG = logging.getLogger(__name__)
 GENERATOR_VERSION = "1.0"
@@ -75,34 +76,41 @@ def split_seeds(split: str, n: int, first: Optional[int] = None) -> list[int]:
 def _render_contrast(scene, rendered, contrast: str, p: CaseParams, grid, scale: float) -> np.ndarray:
     """Texture + acquisition effects for one contrast of a rendered grid."""
     step = max(1, int(round(1.5 / (grid.inplane_mm / scale))))
-    tex = texture_field(rendered.anat_centre, p.contrast["jitter_seed"] + 17, step)
-    return finish_image(rendered.base[contrast], rendered.textured[contrast], tex, rendered.u_centre,
-                        p.artifacts[contrast], p.contrast[f"gamma_{contrast}"], p.contrast[f"scale_{contrast}"])
+    with stage("texture"):
+        tex = texture_field(rendered.anat_centre, p.contrast["jitter_seed"] + 17, step)
+    with stage("acquisition"):
+        return finish_image(rendered.base[contrast], rendered.textured[contrast], tex, rendered.u_centre,
+                            p.artifacts[contrast], p.contrast[f"gamma_{contrast}"], p.contrast[f"scale_{contrast}"])
 
 
 def generate_case(seed: int, data_dir: Optional[str] = None, **overrides: Any) -> Case:
     """Generate case ``seed`` in memory (deterministic). See :func:`sample_case_params` for overrides."""
     t0 = time.perf_counter()
-    p = sample_case_params(seed, data_dir=data_dir, **overrides)
-    scene = build_scene(p, data_dir)
+    with stage("params"):
+        p = sample_case_params(seed, data_dir=data_dir, **overrides)
+    with stage("scene"):
+        scene = build_scene(p, data_dir)
     scale = p.render_scale
     contrasts = ("t2",) if p.t1_own_grid else ("t2", "t1")
-    r2 = render_grid(scene, p.t2, scene.pose_t2, contrasts, labels=True, scale=scale)
+    with stage("render"):
+        r2 = render_grid(scene, p.t2, scene.pose_t2, contrasts, labels=True, scale=scale)
     t2 = _render_contrast(scene, r2, "t2", p, p.t2, scale)
     if p.t1_own_grid:
-        r1 = render_grid(scene, p.t1, scene.pose_t1, ("t1",), labels=False, scale=scale)
+        with stage("render"):
+            r1 = render_grid(scene, p.t1, scene.pose_t1, ("t1",), labels=False, scale=scale)
         t1, aff1 = _render_contrast(scene, r1, "t1", p, p.t1, scale), r1.affine
     else:
         t1, aff1 = _render_contrast(scene, r2, "t1", p, p.t2, scale), r2.affine
-    labs = labels_from_fractions(r2.fractions)
-    cut = fov_cut_mask(t2.shape, p.artifacts["t2"])
-    if cut is not None:  # no T2w signal there: no label either
-        for arr in labs.values():
-            arr[cut] = 0
-    t2_img = to_nifti(t2, r2.affine, p.t2.orientation, np.int16)
-    t1_img = to_nifti(t1, aff1, p.t1.orientation if p.t1_own_grid else p.t2.orientation, np.int16)
-    lab_imgs = {k: to_nifti(v, r2.affine, p.t2.orientation, np.uint8) for k, v in labs.items()}
-    meta = _metadata(p, scene, labs, r2.affine, t2_img, t1_img)
+    with stage("labels+nifti"):
+        labs = labels_from_fractions(r2.fractions)
+        cut = fov_cut_mask(t2.shape, p.artifacts["t2"])
+        if cut is not None:  # no T2w signal there: no label either
+            for arr in labs.values():
+                arr[cut] = 0
+        t2_img = to_nifti(t2, r2.affine, p.t2.orientation, np.int16)
+        t1_img = to_nifti(t1, aff1, p.t1.orientation if p.t1_own_grid else p.t2.orientation, np.int16)
+        lab_imgs = {k: to_nifti(v, r2.affine, p.t2.orientation, np.uint8) for k, v in labs.items()}
+        meta = _metadata(p, scene, labs, r2.affine, t2_img, t1_img)
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     LOG.debug("case %d: %s in %.1f s", seed, p.tumor_type, meta["seconds"])
     return Case(t2_img, t1_img, lab_imgs, meta, p)

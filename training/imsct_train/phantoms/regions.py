@@ -122,6 +122,8 @@ def _clivus_sinus(lab: np.ndarray, s, u, v, zone: np.ndarray) -> None:
 def neck_front(lab: np.ndarray, s, u, v, lv, vb_front, front, fat, airway: float) -> None:
     """Prevertebral muscle, pharynx / trachea, esophagus, anterior neck soft tissue, tongue."""
     zone = (lv > -0.5) & (lv < 11.5) & (u > vb_front) & (u < front - 2 - 0.7 * fat)
+    if not zone.any():
+        return
     pv = np.interp(lv, [0, 3, 4.5, 7, 11], [4.0, 4.0, 11.0, 12.0, 14.0])
     lab[zone & (u < vb_front + min(4.0, 1.0) + 3)] = T.MUSCLE
     eso = zone & (u >= vb_front + 4) & (u < vb_front + pv) & (np.abs(v) < 10)
@@ -142,6 +144,8 @@ def neck_front(lab: np.ndarray, s, u, v, lv, vb_front, front, fat, airway: float
 def thorax_front(lab: np.ndarray, s, u, v, lv, vb_front, front, fat, tops_t7: float, phase: int) -> None:
     """Descending aorta, mediastinum, heart, lungs, posterior ribs, sternum."""
     zone = (lv >= 7.0) & (lv < 19.5) & (u < front - 2 - 0.7 * fat) & (u > -40)
+    if not zone.any():
+        return
     med = np.flatnonzero(zone & (u > vb_front))
     lab[med] = T.SOFT
     if med.size:
@@ -167,6 +171,8 @@ def posterior_ribs(lab: np.ndarray, s, u, v, lv, tops: np.ndarray, heights: np.n
     """Rib cross-sections beside the thoracic vertebrae (parasagittal slices)."""
     i = np.clip(lv.astype(np.int32), 0, tops.size - 1)
     thor = (lv >= 7) & (lv < 19)
+    if not thor.any():
+        return
     ds = s - (tops[i] + 0.35 * heights[i])
     rib = thor & (np.abs(v) > halfwidth + 8) & (((ds / 5.5) ** 2 + ((u + 8 + 0.12 * (np.abs(v) - 30)) / 6.0) ** 2) < 1)
     lab[rib] = T.MARROW
@@ -177,6 +183,8 @@ def abdomen_front(lab: np.ndarray, s, u, v, lv, vb_front, front, fat, halfwidth,
                   s_sacrum: float, phase: int) -> None:
     """Aorta / IVC, psoas, bowel loops (fluid, gas, mesenteric fat), abdominal wall, bladder."""
     zone = (lv >= 18.5) & (u > canal_front - 8) & (u < front - 2 - 0.7 * fat)
+    if not zone.any():
+        return
     wall = zone & (u > front - 2 - 0.7 * fat - 11)
     visc = zone & ~wall & (u > vb_front + 18)
     sub = np.flatnonzero(visc)

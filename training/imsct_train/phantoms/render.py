@@ -20,9 +20,12 @@ from .geometry import (Centerline, Pose, build_centerline, build_lut, grid_affin
 from .lesions import render_lesions
 from .params import CaseParams, Grid
 from .reference import LEVELS, Reference, load_reference
+from .timing import stage
 from .tissues import T, tissue_tables
 
 LOG = logging.getLogger(__name__)
+COARSE_MM = 1.3  # block size (mm) of the coarse-to-fine classification of a plane
+NEAR_MM = 45.0  # |u| (mm) within which slices are integrated over their thickness (partial volume)
 
 
 @dataclass
@@ -113,21 +116,26 @@ def _spine_and_canal(sc: Scene, lab: np.ndarray, s, u, v, lv, k) -> np.ndarray:
 
 
 def classify(sc: Scene, s: np.ndarray, u: np.ndarray, v: np.ndarray) -> PointClasses:
-    """Tissue, cord and lesion classes and signals at points given in cord coordinates (mm)."""
-    pr, lt, p = sc.prof, sc.lt, sc.p
+    """Tissue, cord and lesion classes and signals at points given in cord coordinates (mm).
+
+    The result of a point does not depend on the other points (outside the body: air).
+    """
+    pr = sc.prof
     k = pr.idx(s)
+    lab = np.zeros(s.size, np.uint8)
+    inside = rg.body_outline(lab, s, u, v, pr.level[k], pr.back[k], pr.front[k], pr.fat[k]) | (s < 30)
+    out = _empty(s.size)
+    out.lab[:] = lab
+    sel = np.flatnonzero(inside)
+    if sel.size:
+        _scatter(out, sel, _classify_inside(sc, s[sel], u[sel], v[sel], lab[sel], k[sel]))
+    return out
+
+
+def _classify_inside(sc: Scene, s, u, v, lab: np.ndarray, k: np.ndarray) -> PointClasses:
+    """:func:`classify` on points inside the body outline (``lab`` holds the outline's classes)."""
+    pr, lt, p = sc.prof, sc.lt, sc.p
     lv, back, front, fat = pr.level[k], pr.back[k], pr.front[k], pr.fat[k]
-    n = s.size
-    lab = np.zeros(n, np.uint8)
-    inside = rg.body_outline(lab, s, u, v, lv, back, front, fat) | (s < 30)
-    if inside.mean() < 0.9:  # skip the air around the body
-        sel = np.flatnonzero(inside)
-        sub = classify(sc, s[sel], u[sel], v[sel]) if sel.size else None
-        out = PointClasses(lab, *(np.zeros(n, bool) for _ in range(4)), np.zeros(n, np.float32), np.zeros(n, np.float32))
-        if sub is not None:
-            for name in ("lab", "cord", "tumor", "cavity", "edema", "t2", "t1"):
-                getattr(out, name)[sel] = getattr(sub, name)
-        return out
     i = np.clip(lv.astype(np.int32), 0, an.NL - 1)
     canal_front = pr.sac_off[k] + pr.sac_a[k] + 1.5
     vb_front = canal_front + lt.depth[i]
@@ -143,6 +151,82 @@ def classify(sc: Scene, s: np.ndarray, u: np.ndarray, v: np.ndarray) -> PointCla
         lab[hz] = lh
     cord = _spine_and_canal(sc, lab, s, u, v, lv, k)
     return _lesion_layer(sc, lab, cord, s, u, v, k)
+
+
+_FIELDS = ("lab", "cord", "tumor", "cavity", "edema", "t2", "t1")
+
+
+def _empty(n: int) -> PointClasses:
+    """Classes of ``n`` points of air, no label, zero signal."""
+    z = lambda: np.zeros(n, bool)  # noqa: E731
+    return PointClasses(np.zeros(n, np.uint8), z(), z(), z(), z(), np.zeros(n, np.float32), np.zeros(n, np.float32))
+
+
+def _scatter(out: PointClasses, idx: np.ndarray, pc: PointClasses) -> None:
+    """``out[idx] = pc`` for every field."""
+    for name in _FIELDS:
+        getattr(out, name)[idx] = getattr(pc, name)
+
+
+def coarse_step(inplane_mm: float) -> int:
+    """Voxels per coarse-block side of :func:`classify_plane` (about :data:`COARSE_MM`; 1 = exact)."""
+    return max(1, int(COARSE_MM / inplane_mm))
+
+
+def _block_any(mask: np.ndarray, c: int) -> np.ndarray:
+    """Any-reduction of a 2-D mask over ``c x c`` blocks (last blocks partial)."""
+    n0, n1 = mask.shape
+    pad = np.zeros((-(-n0 // c) * c, -(-n1 // c) * c), bool)
+    pad[:n0, :n1] = mask
+    return pad.reshape(pad.shape[0] // c, c, pad.shape[1] // c, c).any(axis=(1, 3))
+
+
+def _corner_keys(sc: Scene, s, u, v, needb: np.ndarray, shape2: tuple[int, int], c: int) -> np.ndarray:
+    """Class key (2 x tissue + cord; < 0: lesion or not computed) at the corners of the blocks."""
+    n0, n1 = shape2
+    nb0, nb1 = needb.shape
+    ci = np.minimum(np.arange(nb0 + 1) * c, n0 - 1)
+    cj = np.minimum(np.arange(nb1 + 1) * c, n1 - 1)
+    cneed = np.zeros((nb0 + 1, nb1 + 1), bool)
+    for da in (0, 1):
+        for db in (0, 1):
+            cneed[da:da + nb0, db:db + nb1] |= needb
+    flat = (ci[:, None] * n1 + cj[None, :])[cneed]
+    pc = classify(sc, s[flat], u[flat], v[flat])
+    k = pc.lab.astype(np.int32) * 2 + pc.cord
+    k[pc.tumor | pc.cavity | pc.edema] = -2
+    key = np.full((nb0 + 1, nb1 + 1), -1, np.int32)
+    key[cneed] = k
+    return key
+
+
+def classify_plane(sc: Scene, s: np.ndarray, u: np.ndarray, v: np.ndarray, need: np.ndarray,
+                   shape2: tuple[int, int], c: int) -> PointClasses:
+    """:func:`classify` on a plane of points (flat arrays, row-major ``shape2``) where ``need``.
+
+    Coarse to fine: the corners of ``c x c`` blocks (``c * voxel`` about :data:`COARSE_MM`) are
+    classified; blocks whose four corners share tissue and cord class and hold no lesion are
+    filled with it, the others classified voxel by voxel. Structures thinner than a block that
+    touch none of its corners can be missed there. Points outside ``need`` are left empty.
+    """
+    out = _empty(s.size)
+    if c > 1:
+        needb = _block_any(need.reshape(shape2), c)
+        key = _corner_keys(sc, s, u, v, needb, shape2, c)
+        k0 = key[:-1, :-1]
+        uni = needb & (k0 >= 0) & (k0 == key[1:, :-1]) & (k0 == key[:-1, 1:]) & (k0 == key[1:, 1:])
+        rb, cb = np.arange(shape2[0]) // c, np.arange(shape2[1]) // c
+        fine = np.where(uni, k0, -1)[rb][:, cb].ravel()
+        fill = np.flatnonzero(need & (fine >= 0))
+        kf = fine[fill]
+        out.lab[fill] = kf >> 1
+        out.cord[fill] = (kf & 1).astype(bool)
+        out.t2[fill], out.t1[fill] = sc.tables["t2"][out.lab[fill]], sc.tables["t1"][out.lab[fill]]
+        need = need & (fine < 0)
+    idx = np.flatnonzero(need)
+    if idx.size:
+        _scatter(out, idx, classify(sc, s[idx], u[idx], v[idx]))
+    return out
 
 
 def _lesion_layer(sc: Scene, lab, cord, s, u, v, k) -> PointClasses:
@@ -192,7 +276,8 @@ def render_grid(sc: Scene, g: Grid, pose: Pose, contrasts: tuple[str, ...], labe
                 scale: float = 1.0) -> Rendered:
     """Render ``contrasts`` (and label fractions) on grid ``g`` seen through ``pose``."""
     aff, shape = grid_affine(g, sc.target, scale)
-    lut = build_lut(sc.cl, grid_corners_anatomy(aff, shape, pose))
+    with stage("render:lut"):
+        lut = build_lut(sc.cl, grid_corners_anatomy(aff, shape, pose))
     M = pose.R.T @ aff[:3, :3]
     b = pose.R.T @ (aff[:3, 3] - pose.t)
     jj, kk = np.meshgrid(np.arange(shape[1], dtype=np.float32), np.arange(shape[2], dtype=np.float32), indexing="ij")
@@ -204,45 +289,75 @@ def render_grid(sc: Scene, g: Grid, pose: Pose, contrasts: tuple[str, ...], labe
     frac = {c: np.zeros((shape[0], npl), np.float32) for c in ("cord", "tumor", "cavity", "edema")} if labels else {}
     centre = np.zeros((3, shape[0], npl), np.float32)
     u_c = np.zeros((shape[0], npl), np.float32)
-    tex_tab = sc.tables["tex"]
+    tex_tab, pshape, cstep = sc.tables["tex"], shape[1:], coarse_step(g.inplane_mm / scale)
     for i in range(shape[0]):
         centre[:, i] = plane + M[:, 0:1] * i
         s_c, u_c[i] = lut.query(centre[1, i], centre[2, i])
+        near = np.abs(u_c[i]) < NEAR_MM
+        with stage("render:classify"):
+            v_c = centre[0, i] - np.interp(s_c, sc.cl.s, sc.cl.x).astype(np.float32)
+            pcs = [(1.0, classify_plane(sc, s_c, u_c[i], v_c, ~near, pshape, cstep))]
         th = np.interp(s_c, sc.cl.s, sc.cl.theta).astype(np.float32)
         sin_t, cos_t = np.sin(th), np.cos(th)
-        pc0 = classify(sc, s_c, u_c[i], centre[0, i] - np.interp(s_c, sc.cl.s, sc.cl.x).astype(np.float32))
-        # partial volume across the slice where it matters: near the spine (|u| < 45 mm)
-        near = np.flatnonzero(np.abs(u_c[i]) < 45.0)
-        acc = {c: (pc0.t2 if c == "t2" else pc0.t1).copy() for c in contrasts}
-        acc_t = {c: acc[c] * tex_tab[pc0.lab] for c in contrasts}
-        acc_f = {name: getattr(pc0, name).astype(np.float32) for name in frac}
-        for c in contrasts:
-            acc[c][near] = 0.0
-            acc_t[c][near] = 0.0
-        for name in frac:
-            acc_f[name][near] = 0.0
-        sn, un_, cn, sin_n, cos_n = s_c[near], u_c[i][near], centre[0, i][near], sin_t[near], cos_t[near]
-        for o, w in zip(offs, wts):
-            # sub-slice shift is small (< 3 mm): first-order update of the cord coordinates
-            dx, dy, dz = (M[:, 0] * o).astype(np.float32)
-            s = sn + dy * sin_n - dz * cos_n
-            u = un_ + dy * cos_n + dz * sin_n
-            v = cn + dx - np.interp(s, sc.cl.s, sc.cl.x).astype(np.float32)
-            pc = classify(sc, s, u, v)
-            t = tex_tab[pc.lab]
-            for c in contrasts:
-                val = pc.t2 if c == "t2" else pc.t1
-                acc[c][near] += w * val
-                acc_t[c][near] += w * val * t
-            for name in frac:
-                acc_f[name][near] += w * getattr(pc, name)
-        for c in contrasts:
-            base[c][i], tex[c][i] = acc[c], acc_t[c]
-        for name in frac:
-            frac[name][i] = acc_f[name]
+        with stage("render:classify_sub"):
+            suv = [_sub_slice(sc, s_c, u_c[i], centre[0, i], sin_t, cos_t, M[:, 0] * o) for o in offs]
+            pcs += zip(wts, _classify_sub_slices(sc, suv, near, pshape, cstep))
+        with stage("render:accumulate"):
+            _accumulate(pcs, tex_tab, contrasts, i, base, tex, frac)
     rs = lambda a: a.reshape(shape)  # noqa: E731
     return Rendered(aff, {c: rs(a) for c, a in base.items()}, {c: rs(a) for c, a in tex.items()},
                     {c: rs(a) for c, a in frac.items()}, centre.reshape((3,) + shape), rs(u_c))
+
+
+def _sub_slice(sc: Scene, s_c, u_c, x_c, sin_t, cos_t, shift: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Cord coordinates (s, u, v) of a plane shifted by ``shift`` (anatomy mm, < 3 mm: first order)."""
+    dx, dy, dz = shift.astype(np.float32)
+    s = s_c + dy * sin_t - dz * cos_t
+    u = u_c + dy * cos_t + dz * sin_t
+    return s, u, x_c + dx - np.interp(s, sc.cl.s, sc.cl.x).astype(np.float32)
+
+
+def _key(pc: PointClasses) -> np.ndarray:
+    """Class key of points: 2 x tissue + cord; -1 in lesions."""
+    k = pc.lab.astype(np.int16) * 2 + pc.cord
+    k[pc.tumor | pc.cavity | pc.edema] = -1
+    return k
+
+
+def _classify_sub_slices(sc: Scene, suv: list, near: np.ndarray, pshape: tuple[int, int], cstep: int) -> list:
+    """Classes of the sub-slice planes on ``near``; with 3 sub-slices, the middle one is only
+    classified where the outer two differ (or hold a lesion), elsewhere it copies them."""
+    if len(suv) != 3:
+        return [classify_plane(sc, *x, near, pshape, cstep) for x in suv]
+    a, b = (classify_plane(sc, *suv[j], near, pshape, cstep) for j in (0, 2))
+    ka = _key(a)
+    same = near & (ka == _key(b)) & (ka >= 0)
+    mid = classify_plane(sc, *suv[1], near & ~same, pshape, cstep)
+    _scatter(mid, np.flatnonzero(same), _take(a, same))
+    return [a, mid, b]
+
+
+def _take(pc: PointClasses, mask: np.ndarray) -> PointClasses:
+    """The points of ``pc`` where ``mask``."""
+    return PointClasses(*(getattr(pc, name)[mask] for name in _FIELDS))
+
+
+def _accumulate(pcs: list[tuple[float, PointClasses]], tex_tab: np.ndarray, contrasts: tuple[str, ...], i: int,
+                base: dict[str, np.ndarray], tex: dict[str, np.ndarray], frac: dict[str, np.ndarray]) -> None:
+    """Weighted sums over the sub-slices (each point is set in the centre or in the sub-slices)."""
+    for c in contrasts:
+        base[c][i] = 0.0
+        tex[c][i] = 0.0
+    for name in frac:
+        frac[name][i] = 0.0
+    for w, pc in pcs:
+        t = tex_tab[pc.lab]
+        for c in contrasts:
+            val = w * (pc.t2 if c == "t2" else pc.t1)
+            base[c][i] += val
+            tex[c][i] += val * t
+        for name in frac:
+            frac[name][i] += w * getattr(pc, name)
 
 
 def labels_from_fractions(frac: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
