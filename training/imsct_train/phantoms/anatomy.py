@@ -201,10 +201,27 @@ def atlas_axis(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray, lt:
 
 def posterior_elements(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray, lv: np.ndarray,
                        lt: LevelTable, canal_back: np.ndarray, canal_b: np.ndarray, canal_front: np.ndarray) -> None:
-    """Laminae, ligamenta flava, spinous processes, pedicles, articular pillars, foramina."""
+    """Laminae, ligamenta flava, spinous processes, pedicles, articular pillars, foramina.
+
+    Each part is evaluated only on the points that can belong to it (same result, less work).
+    """
     i0 = np.clip(lv.astype(np.int32), 0, NL - 1)
-    lam_t = 5.5
     lateral = np.abs(v) - canal_b
+    sel = np.flatnonzero((np.abs(v) < 4.0) | ((lateral < 7) & (u < canal_back)))
+    if sel.size:
+        ls = lab[sel]
+        _laminae_spinous(ls, s[sel], u[sel], v[sel], i0[sel], lt, canal_back[sel], lateral[sel])
+        lab[sel] = ls
+    sel = np.flatnonzero(((lateral > 0.5) & (lateral < 15)) | ((i0 == NL - 1) & (lateral < 25)))
+    if sel.size:
+        ls = lab[sel]
+        _pillars(ls, s[sel], u[sel], i0[sel], lt, canal_back[sel], canal_front[sel], lateral[sel])
+        lab[sel] = ls
+
+
+def _laminae_spinous(lab: np.ndarray, s, u, v, i0: np.ndarray, lt: LevelTable, canal_back, lateral) -> None:
+    """Laminae, ligamenta flava and spinous processes of this level and the two above."""
+    lam_t = 5.5
     for back in (0, 1, 2):
         i = np.clip(i0 - back, 1, NL - 2)
         top, h = lt.top[i], lt.height[i]
@@ -226,7 +243,10 @@ def posterior_elements(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndar
         sp = (along > 0) & (along < L) & (np.abs(perp) < width) & (np.abs(v) < 4.0)
         lab[sp] = T.CORTEX
         lab[sp & (np.abs(perp) < width - 1.2) & (along < L - 1.5) & (np.abs(v) < 2.8)] = T.MARROW
-    # pedicles and articular pillars (parasagittal)
+
+
+def _pillars(lab: np.ndarray, s, u, i0: np.ndarray, lt: LevelTable, canal_back, canal_front, lateral) -> None:
+    """Pedicles, articular pillars and facet joints, foramina with roots (parasagittal); sacral plate."""
     i = np.clip(i0, 1, NL - 2)
     top, h = lt.top[i], lt.height[i]
     fr = (s - top) / h

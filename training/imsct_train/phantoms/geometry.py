@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 
 from .params import CaseParams, Grid
@@ -126,10 +125,30 @@ class CordLUT:
     u: np.ndarray
 
     def query(self, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bilinear (s, u) at anatomy points (mm)."""
-        coords = np.stack([(y - self.y0) / LUT_MM, (z - self.z0) / LUT_MM])
-        return (map_coordinates(self.s, coords, order=1, mode="nearest"),
-                map_coordinates(self.u, coords, order=1, mode="nearest"))
+        """Bilinear (s, u) at anatomy points (mm); clamped at the table's edges (float32)."""
+        n0, n1 = self.s.shape
+        fy = np.clip((y - np.float32(self.y0)) * np.float32(1 / LUT_MM), 0, n0 - 1, dtype=np.float32)
+        fz = np.clip((z - np.float32(self.z0)) * np.float32(1 / LUT_MM), 0, n1 - 1, dtype=np.float32)
+        iy = np.minimum(fy.astype(np.int32), n0 - 2)
+        iz = np.minimum(fz.astype(np.int32), n1 - 2)
+        fy -= iy
+        fz -= iz
+        flat = iy * n1 + iz
+        return _bilinear(self.s.ravel(), flat, n1, fy, fz), _bilinear(self.u.ravel(), flat, n1, fy, fz)
+
+
+def _bilinear(a: np.ndarray, flat: np.ndarray, n1: int, fy: np.ndarray, fz: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of the flattened (n0, n1) table ``a`` in cells ``flat`` at fractions (fy, fz)."""
+    a00, a01 = a[flat], a[flat + 1]
+    a10, a11 = a[flat + n1], a[flat + n1 + 1]
+    a01 -= a00
+    a11 -= a10
+    a00 += fz * a01
+    a10 += fz * a11
+    a10 -= a00
+    a10 *= fy
+    a00 += a10
+    return a00
 
 
 def grid_corners_anatomy(aff: np.ndarray, shape: tuple[int, int, int], pose: Pose) -> np.ndarray:

@@ -18,7 +18,8 @@ def wave_noise(s: np.ndarray, u: np.ndarray, v: np.ndarray, phase: int, n: int =
     for _ in range(n):
         d = rng.normal(size=3)
         d *= 2 * np.pi / (np.linalg.norm(d) * rng.uniform(*period))
-        out += np.sin(d[0] * s + d[1] * u + d[2] * v + rng.uniform(0, 2 * np.pi))
+        d = d.astype(s.dtype)
+        out += np.sin(d[0] * s + d[1] * u + d[2] * v + s.dtype.type(rng.uniform(0, 2 * np.pi)))
     return out / np.sqrt(n / 2.0)
 
 

@@ -178,7 +178,12 @@ def _block_any(mask: np.ndarray, c: int) -> np.ndarray:
     n0, n1 = mask.shape
     pad = np.zeros((-(-n0 // c) * c, -(-n1 // c) * c), bool)
     pad[:n0, :n1] = mask
-    return pad.reshape(pad.shape[0] // c, c, pad.shape[1] // c, c).any(axis=(1, 3))
+    out = pad[::c, ::c].copy()
+    for a in range(c):
+        for b in range(c):
+            if a or b:
+                out |= pad[a::c, b::c]
+    return out
 
 
 def _corner_keys(sc: Scene, s, u, v, needb: np.ndarray, shape2: tuple[int, int], c: int) -> np.ndarray:
@@ -202,30 +207,35 @@ def _corner_keys(sc: Scene, s, u, v, needb: np.ndarray, shape2: tuple[int, int],
 
 def classify_plane(sc: Scene, s: np.ndarray, u: np.ndarray, v: np.ndarray, need: np.ndarray,
                    shape2: tuple[int, int], c: int) -> PointClasses:
-    """:func:`classify` on a plane of points (flat arrays, row-major ``shape2``) where ``need``.
+    """:func:`classify` on the points ``np.flatnonzero(need)`` of a plane (flat arrays, row-major
+    ``shape2``); the result holds those points only, in that order.
 
     Coarse to fine: the corners of ``c x c`` blocks (``c * voxel`` about :data:`COARSE_MM`) are
     classified; blocks whose four corners share tissue and cord class and hold no lesion are
     filled with it, the others classified voxel by voxel. Structures thinner than a block that
-    touch none of its corners can be missed there. Points outside ``need`` are left empty.
+    touch none of its corners can be missed there.
     """
-    out = _empty(s.size)
-    if c > 1:
+    idx = np.flatnonzero(need)
+    out = _empty(idx.size)
+    rest = idx
+    if c > 1 and idx.size:
         needb = _block_any(need.reshape(shape2), c)
         key = _corner_keys(sc, s, u, v, needb, shape2, c)
         k0 = key[:-1, :-1]
         uni = needb & (k0 >= 0) & (k0 == key[1:, :-1]) & (k0 == key[:-1, 1:]) & (k0 == key[1:, 1:])
-        rb, cb = np.arange(shape2[0]) // c, np.arange(shape2[1]) // c
-        fine = np.where(uni, k0, -1)[rb][:, cb].ravel()
-        fill = np.flatnonzero(need & (fine >= 0))
-        kf = fine[fill]
-        out.lab[fill] = kf >> 1
-        out.cord[fill] = (kf & 1).astype(bool)
-        out.t2[fill], out.t1[fill] = sc.tables["t2"][out.lab[fill]], sc.tables["t1"][out.lab[fill]]
-        need = need & (fine < 0)
-    idx = np.flatnonzero(need)
-    if idx.size:
-        _scatter(out, idx, classify(sc, s[idx], u[idx], v[idx]))
+        row, col = np.divmod(idx, shape2[1])
+        kf = np.where(uni, k0, -1)[row // c, col // c]
+        pos = np.flatnonzero(kf >= 0)
+        kk = kf[pos]
+        out.lab[pos] = kk >> 1
+        out.cord[pos] = (kk & 1).astype(bool)
+        out.t2[pos], out.t1[pos] = sc.tables["t2"][out.lab[pos]], sc.tables["t1"][out.lab[pos]]
+        pos = np.flatnonzero(kf < 0)
+        rest = idx[pos]
+    else:
+        pos = slice(None)
+    if rest.size:
+        _scatter(out, pos, classify(sc, s[rest], u[rest], v[rest]))
     return out
 
 
@@ -296,14 +306,15 @@ def render_grid(sc: Scene, g: Grid, pose: Pose, contrasts: tuple[str, ...], labe
         near = np.abs(u_c[i]) < NEAR_MM
         with stage("render:classify"):
             v_c = centre[0, i] - np.interp(s_c, sc.cl.s, sc.cl.x).astype(np.float32)
-            pcs = [(1.0, classify_plane(sc, s_c, u_c[i], v_c, ~near, pshape, cstep))]
+            centre_pc = classify_plane(sc, s_c, u_c[i], v_c, ~near, pshape, cstep)
         th = np.interp(s_c, sc.cl.s, sc.cl.theta).astype(np.float32)
         sin_t, cos_t = np.sin(th), np.cos(th)
         with stage("render:classify_sub"):
-            suv = [_sub_slice(sc, s_c, u_c[i], centre[0, i], sin_t, cos_t, M[:, 0] * o) for o in offs]
-            pcs += zip(wts, _classify_sub_slices(sc, suv, near, pshape, cstep))
+            suv = [(s_c, u_c[i], v_c) if o == 0 else _sub_slice(sc, s_c, u_c[i], centre[0, i], sin_t, cos_t, M[:, 0] * o)
+                   for o in offs]
+            subs = list(zip(wts, _classify_sub_slices(sc, suv, near, pshape, cstep)))
         with stage("render:accumulate"):
-            _accumulate(pcs, tex_tab, contrasts, i, base, tex, frac)
+            _accumulate(centre_pc, subs, near, tex_tab, contrasts, i, base, tex, frac)
     rs = lambda a: a.reshape(shape)  # noqa: E731
     return Rendered(aff, {c: rs(a) for c, a in base.items()}, {c: rs(a) for c, a in tex.items()},
                     {c: rs(a) for c, a in frac.items()}, centre.reshape((3,) + shape), rs(u_c))
@@ -325,14 +336,18 @@ def _key(pc: PointClasses) -> np.ndarray:
 
 
 def _classify_sub_slices(sc: Scene, suv: list, near: np.ndarray, pshape: tuple[int, int], cstep: int) -> list:
-    """Classes of the sub-slice planes on ``near``; with 3 sub-slices, the middle one is only
-    classified where the outer two differ (or hold a lesion), elsewhere it copies them."""
+    """Classes of the sub-slice planes at ``np.flatnonzero(near)``; with 3 sub-slices, the middle
+    one is only classified where the outer two differ (or hold a lesion), elsewhere it copies them."""
     if len(suv) != 3:
         return [classify_plane(sc, *x, near, pshape, cstep) for x in suv]
     a, b = (classify_plane(sc, *suv[j], near, pshape, cstep) for j in (0, 2))
     ka = _key(a)
-    same = near & (ka == _key(b)) & (ka >= 0)
-    mid = classify_plane(sc, *suv[1], near & ~same, pshape, cstep)
+    same = (ka == _key(b)) & (ka >= 0)
+    diff = np.flatnonzero(~same)
+    need = np.zeros(near.size, bool)
+    need[np.flatnonzero(near)[diff]] = True
+    mid = _empty(a.lab.size)
+    _scatter(mid, diff, classify_plane(sc, *suv[1], need, pshape, cstep))
     _scatter(mid, np.flatnonzero(same), _take(a, same))
     return [a, mid, b]
 
@@ -342,22 +357,37 @@ def _take(pc: PointClasses, mask: np.ndarray) -> PointClasses:
     return PointClasses(*(getattr(pc, name)[mask] for name in _FIELDS))
 
 
-def _accumulate(pcs: list[tuple[float, PointClasses]], tex_tab: np.ndarray, contrasts: tuple[str, ...], i: int,
-                base: dict[str, np.ndarray], tex: dict[str, np.ndarray], frac: dict[str, np.ndarray]) -> None:
-    """Weighted sums over the sub-slices (each point is set in the centre or in the sub-slices)."""
-    for c in contrasts:
-        base[c][i] = 0.0
-        tex[c][i] = 0.0
-    for name in frac:
-        frac[name][i] = 0.0
-    for w, pc in pcs:
-        t = tex_tab[pc.lab]
-        for c in contrasts:
-            val = w * (pc.t2 if c == "t2" else pc.t1)
-            base[c][i] += val
-            tex[c][i] += val * t
+def _accumulate(centre: PointClasses, subs: list[tuple[float, PointClasses]], near: np.ndarray,
+                tex_tab: np.ndarray, contrasts: tuple[str, ...], i: int, base: dict[str, np.ndarray],
+                tex: dict[str, np.ndarray], frac: dict[str, np.ndarray]) -> None:
+    """Row ``i`` of the outputs: the centre classes off ``near``, weighted sub-slice sums on it
+    (the classes hold the points of ``np.flatnonzero(~near)`` and ``np.flatnonzero(near)``)."""
+    for idx, pcs in ((np.flatnonzero(~near), [(1.0, centre)]), (np.flatnonzero(near), subs)):
+        sums: dict[str, np.ndarray] = {}
+        for w, pc in pcs:
+            w = np.float32(w)
+            t = tex_tab[pc.lab]
+            for c in contrasts:
+                val = w * (pc.t2 if c == "t2" else pc.t1)
+                _add(sums, "tex_" + c, val * t)
+                _add(sums, c, val)
+            for name in frac:
+                m = getattr(pc, name)
+                if name == "cord" or m.any():
+                    _add(sums, name, w * m)
+        for c in contrasts:  # row views first: 1-D fancy assignment is the fast path
+            base[c][i][idx] = sums[c]
+            tex[c][i][idx] = sums["tex_" + c]
         for name in frac:
-            frac[name][i] += w * getattr(pc, name)
+            frac[name][i][idx] = sums.get(name, 0.0)
+
+
+def _add(sums: dict[str, np.ndarray], key: str, val: np.ndarray) -> None:
+    """``sums[key] += val`` (``val`` is stored as is the first time)."""
+    if key in sums:
+        sums[key] += val
+    else:
+        sums[key] = val
 
 
 def labels_from_fractions(frac: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -367,13 +397,13 @@ def labels_from_fractions(frac: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     ft, fc, fe = frac["tumor"], frac["cavity"], frac["edema"]
     whole = (ft + fc + fe) >= 0.5
-    stack = np.stack([ft, fc, fe])
-    arg = np.argmax(stack, axis=0)
-    out = {
-        "tumor": whole & (arg == 0),
-        "cavity": whole & (arg == 1),
-        "edema": whole & (arg == 2),
-    }
-    out["whole-tumor"] = whole
-    out["cord"] = (frac["cord"] >= 0.5) | whole
-    return {k: v.astype(np.uint8) for k, v in out.items()}
+    idx = np.flatnonzero(whole)
+    arg = np.argmax(np.stack([f.ravel()[idx] for f in (ft, fc, fe)]), axis=0)
+    out = {}
+    for j, name in enumerate(("tumor", "cavity", "edema")):
+        m = np.zeros(whole.shape, np.uint8)
+        m.ravel()[idx[arg == j]] = 1
+        out[name] = m
+    out["whole-tumor"] = whole.astype(np.uint8)
+    out["cord"] = ((frac["cord"] >= 0.5) | whole).astype(np.uint8)
+    return out
