@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import reduce
 from itertools import product
 from pathlib import Path
 from typing import Callable, Sequence
@@ -123,30 +124,67 @@ def sliding_window(
 
     Volumes smaller than a patch are zero-padded and cropped back. Output: (n_out, X, Y, Z)
     float32, the uniform mean of every patch prediction covering each voxel.
+
+    Windows form a grid (the product of each axis's :func:`window_starts`), visited in
+    row-major order, so for each window the voxels no earlier window wrote, and those no later
+    window will touch, are boxes. The first are assigned (no zero-filled sum), the rest added in
+    place; the second are divided by their window count (per-axis counts multiplied) while still
+    in cache. Same arithmetic, in the same order, as summing every window then dividing.
     """
+    patch = tuple(int(p) for p in patch)
     shape = volume.shape[1:]
     padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
     if padded_shape != shape:
         padded = np.zeros((volume.shape[0],) + padded_shape, dtype=np.float32)
         padded[(slice(None),) + tuple(slice(0, s) for s in shape)] = volume
         volume = padded
-    starts = list(product(*(window_starts(s, p, st) for s, p, st in zip(padded_shape, patch, stride))))
-    total = np.zeros((n_out,) + padded_shape, dtype=np.float32)
-    count = np.zeros(padded_shape, dtype=np.float32)
-    for b in range(0, len(starts), batch_size):
-        chunk = starts[b : b + batch_size]
-        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in chunk]
-        batch = np.stack([volume[(slice(None),) + sl] for sl in slices])
+    axis_starts = [window_starts(s, p, st) for s, p, st in zip(padded_shape, patch, stride)]
+    counts = []  # windows covering each index, per axis
+    for n, p, starts_ in zip(padded_shape, patch, axis_starts):
+        c = np.zeros(n, dtype=np.float32)
+        for s in starts_:
+            c[s : s + p] += 1.0
+        counts.append(c)
+    # per axis and window index: (start, first index not written by earlier windows, end, first index a later window writes)
+    spans = [
+        [(s, max(s, starts_[i - 1] + p) if i else s, s + p, min(starts_[i + 1], s + p) if i + 1 < len(starts_) else s + p)
+         for i, s in enumerate(starts_)]
+        for starts_, p in zip(axis_starts, patch)
+    ]
+    windows = list(product(*spans))
+    batch_size = max(1, min(int(batch_size), len(windows)))
+    total = np.empty((n_out,) + padded_shape, dtype=np.float32)
+    buffer = np.empty((batch_size, volume.shape[0]) + patch, dtype=np.float32)
+    for b in range(0, len(windows), batch_size):
+        chunk = windows[b : b + batch_size]
+        batch = buffer[: len(chunk)]
+        for i, window in enumerate(chunk):
+            batch[i] = volume[(slice(None),) + tuple(slice(lo, hi) for lo, _, hi, _ in window)]
         pred = predict(batch)
         if pred.shape != (len(chunk), n_out, *patch):
             raise DeepsegError(f"model returned shape {pred.shape} for a batch of {batch.shape}: the model file is not the one the registry describes")
-        for sl, p in zip(slices, pred):
-            total[(slice(None),) + sl] += p
-            count[sl] += 1.0
+        for window, p in zip(chunk, pred):
+            _accumulate(total, p, window, counts)
         if progress:
             progress(len(chunk))
-    total /= count
     return total[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+
+def _accumulate(total: np.ndarray, pred: np.ndarray, window: Sequence[tuple[int, int, int, int]], counts: Sequence[np.ndarray]) -> None:
+    """Add one window's (K, *patch) prediction to ``total`` and finish the voxels no later window covers.
+
+    ``window``: per axis (start, first new index, end, first index of the next window).
+    """
+    d = len(window)
+    for k in range(d):  # the part earlier windows wrote, as d disjoint boxes: add
+        if window[k][1] > window[k][0]:
+            box = [(a, hi) for _, a, hi, _ in window[:k]] + [window[k][:2]] + [(lo, hi) for lo, _, hi, _ in window[k + 1 :]]
+            total[(slice(None),) + tuple(slice(lo, hi) for lo, hi in box)] += pred[(slice(None),) + tuple(slice(lo - w[0], hi - w[0]) for (lo, hi), w in zip(box, window))]
+    new = tuple(slice(a, hi) for _, a, hi, _ in window)  # never written: assign
+    total[(slice(None),) + new] = pred[(slice(None),) + tuple(slice(a - lo, hi - lo) for lo, a, hi, _ in window)]
+    final = [c[lo:f] for c, (lo, _, _, f) in zip(counts, window)]  # no later window: divide by the count
+    if any(c.max() > 1.0 for c in final):
+        total[(slice(None),) + tuple(slice(lo, f) for lo, _, _, f in window)] /= reduce(np.multiply.outer, final)
 
 
 def n_windows(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:

@@ -99,3 +99,45 @@ def test_onnx_model_runs_and_checks_its_graph(tmp_path: Path):
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(DeepsegError, match="cannot be loaded"):
         OnnxModel(tmp_path / "junk.onnx", spec)
+
+
+def reference_sliding_window(volume, predict, patch, stride, n_out):
+    """The plainest stitching: one window at a time, sum and count accumulated per window."""
+    shape = volume.shape[1:]
+    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
+    padded = np.zeros((volume.shape[0], *padded_shape), np.float32)
+    padded[(slice(None),) + tuple(slice(0, s) for s in shape)] = volume
+    total = np.zeros((n_out, *padded_shape), np.float32)
+    count = np.zeros(padded_shape, np.float32)
+    for x in window_starts(padded_shape[0], patch[0], stride[0]):
+        for y in window_starts(padded_shape[1], patch[1], stride[1]):
+            for z in window_starts(padded_shape[2], patch[2], stride[2]):
+                sl = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+                total[(slice(None),) + sl] += predict(padded[(None, slice(None)) + sl])[0]
+                count[sl] += 1.0
+    return (total / count)[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+
+def mixing_model(batch: np.ndarray) -> np.ndarray:
+    """Not pointwise: depends on the patch's position in the window, so overlaps disagree."""
+    ramp = np.linspace(0.0, 1.0, batch.shape[2], dtype=np.float32)[:, None, None]
+    corner = batch[:, :1, :1, :1, :1]
+    return np.concatenate([batch[:, :1] * ramp, batch[:, 1:2] + corner, np.sin(batch[:, :1]) - ramp], axis=1)
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 16), (70, 33, 40), (20, 30, 8), (32, 32, 16), (100, 64, 17)])
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_stitching_equals_a_simple_reference(shape, batch_size):
+    volume = np.random.default_rng(1).standard_normal((2, *shape), dtype=np.float32)
+    patch, stride = (32, 32, 16), (16, 16, 8)
+    out = sliding_window(volume, mixing_model, patch, stride, 3, batch_size)
+    assert out.dtype == np.float32 and out.shape == (3, *shape)
+    np.testing.assert_array_equal(out, reference_sliding_window(volume, mixing_model, patch, stride, 3))
+
+
+def test_a_predictor_returning_views_of_its_batch_is_stitched_correctly():
+    """The batch buffer is reused between calls: a view returned by the predictor must be consumed first."""
+    volume = np.random.default_rng(2).standard_normal((2, 80, 40, 24), dtype=np.float32)
+    view = lambda batch: batch[:, 1:2]  # noqa: E731
+    out = sliding_window(volume, view, (32, 32, 16), (16, 16, 8), 1, 3)
+    np.testing.assert_allclose(out, volume[1:2], rtol=1e-6)
