@@ -76,19 +76,22 @@ def crop_box(
     """The crop of ``grid`` around scanner points ``corners_mm`` for the sliding window.
 
     The points' extent in ``grid`` voxels is enlarged about its centre by ``safety_factor``,
-    made at least one patch, rounded up to ``patch + k * stride`` (whole windows, no partial
+    clipped to the field of view (a cord running off the scan adds no window of zeros), made at
+    least one patch, rounded up to ``patch + k * stride`` (whole windows, no partial
     overlap), and shifted back inside the field of view where the field of view is large enough.
     """
     vox = apply_affine(np.linalg.inv(grid.affine), corners_mm)
     lo, hi = vox.min(axis=0), vox.max(axis=0)  # continuous voxel coordinates; voxel i spans [i-0.5, i+0.5]
     centre, half = (lo + hi) / 2, (hi - lo) * np.asarray(safety_factor, dtype=float) / 2
-    first = np.floor(centre - half + 0.5 + 1e-6).astype(int)  # first and last voxel touched
-    last = np.ceil(centre + half - 0.5 - 1e-6).astype(int)
+    n = np.asarray(grid.shape)
+    first = np.floor(centre - half + 0.5 + 1e-6).astype(int)  # first and last voxel touched,
+    last = np.ceil(centre + half - 0.5 - 1e-6).astype(int)  # within the field of view (nothing to see beyond)
+    first, last = np.maximum(first, 0), np.minimum(last, n - 1)
+    last = np.maximum(last, first)
     needed = np.maximum(last - first + 1, 1)
     patch, stride = np.asarray(patch), np.asarray(stride)
     size = patch + np.ceil(np.maximum(needed - patch, 0) / stride).astype(int) * stride
     start = first - (size - needed) // 2
-    n = np.asarray(grid.shape)
     fits = size <= n
     start = np.where(fits, np.clip(start, 0, n - size), start)
     return Box(tuple(int(s) for s in start), tuple(int(s) for s in size))

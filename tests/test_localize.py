@@ -35,8 +35,17 @@ def test_crop_box_is_whole_windows_and_contains_the_enlarged_extent(extent):
     # the enlarged extent lies inside the box, or the box spans the whole field of view on that axis
     start, end = np.asarray(box.start), np.asarray(box.start) + size
     centre = lo + np.asarray(extent) / 2
-    inside = (start - 0.5 <= centre - enlarged / 2 + 1e-6) & (centre + enlarged / 2 <= end - 0.5 + 1e-6)
+    lo_fov = np.maximum(centre - enlarged / 2, -0.5)  # the enlarged extent within the field of view
+    hi_fov = np.minimum(centre + enlarged / 2, np.asarray(grid.shape) - 0.5)
+    inside = (start - 0.5 <= lo_fov + 1e-6) & (hi_fov <= end - 0.5 + 1e-6)
     assert np.all(inside | (size >= grid.shape))
+
+
+def test_crop_box_is_clipped_to_the_field_of_view_when_the_cord_runs_off_the_scan():
+    grid = Grid((327, 400, 37), np.eye(4))  # the cord spans the whole S-I field of view
+    corners = np.array([[x, y, z] for x in (-0.5, 326.5) for y in (190.0, 199.0) for z in (15.0, 20.0)])
+    box = crop_box(corners, grid, (1.2, 1.2, 1.0), PATCH, STRIDE)
+    assert box.size[0] == 384 and box.start[0] == -((384 - 327) // 2)  # 5 windows, not 6 (1.2 x 327 = 392)
 
 
 def test_crop_box_is_shifted_inside_the_field_of_view_when_it_fits():
