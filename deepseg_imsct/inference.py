@@ -49,6 +49,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise DeepsegError(f"model file {path} cannot be loaded by ONNX Runtime ({exc}): reinstall it with -install") from None
         self.spec = spec
+        self.path = Path(path)
         self.batch_size = max(1, int(options.batch_size))
         self._check_graph(path)
 
@@ -75,6 +76,10 @@ class OnnxModel:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        want = (batch.shape[0], len(self.spec.classes), *batch.shape[2:])
+        if out.shape != want:
+            raise DeepsegError(f"model file {self.path} returned shape {list(out.shape)} for input {list(batch.shape)}, "
+                               f"registry entry {self.spec.key} expects {list(want)}: reinstall it with -install")
         return np.asarray(out, dtype=np.float32)
 
 

@@ -101,6 +101,14 @@ def test_onnx_model_runs_and_checks_its_graph(tmp_path: Path):
         OnnxModel(tmp_path / "junk.onnx", spec)
 
 
+def test_a_model_output_of_the_wrong_shape_names_the_file(tmp_path: Path, monkeypatch):
+    spec = load_registry(write_registry(tmp_path)).model("seg")
+    model = OnnxModel(tmp_path / "seg.onnx", spec, RuntimeOptions(threads=1))
+    monkeypatch.setattr(model, "session", type("S", (), {"run": lambda self, *a: [np.zeros((1, 3, 4, 4, 4), np.float32)]})())
+    with pytest.raises(DeepsegError, match=r"model file .*seg\.onnx returned shape \[1, 3, 4, 4, 4\].*-install"):
+        model(np.zeros((1, 2, *spec.patch_size), np.float32))
+
+
 def reference_sliding_window(volume, predict, patch, stride, n_out):
     """The plainest stitching: one window at a time, sum and count accumulated per window."""
     shape = volume.shape[1:]
