@@ -12,7 +12,7 @@ scan whatever its contrast (the model is trained on T2w: T1w, T2*w and MT rows s
 
 Per scan, exactly as the pipeline does (:func:`deepseg_imsct.pipeline.find_cord`, then
 :func:`deepseg_imsct.localize.box_for_mask` with the segmenter's spacing, safety factor, patch
-and stride, then :func:`deepseg_imsct.pipeline.to_native`): the cord mask and the crop box on
+and stride, then :func:`deepseg_imsct.pipeline.localization_masks`): the cord mask and the crop box on
 the scan's native grid, the cord Dice against the manual mask on that grid, the fraction of the
 manual cord inside the crop box, and the box size in mm (S-I x A-P x R-L).
 
@@ -151,7 +151,7 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     from deepseg_imsct.evaluate import dice, fraction_inside
     from deepseg_imsct.io import load_volume
     from deepseg_imsct.localize import box_for_mask
-    from deepseg_imsct.pipeline import find_cord, to_native
+    from deepseg_imsct.pipeline import find_cord, localization_masks
 
     contrast = contrast_of(path)
     vol = load_volume(path, contrast)
@@ -166,8 +166,7 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     row.localize_s = time.perf_counter() - t0
     crop_grid = box.on(work)
     # back to the native grid, as in pipeline.segment
-    cord_native = np.zeros(grid.shape, bool) if cord is None else to_native(cord[None].astype(np.float32), block, grid)[0] >= 0.5
-    box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, grid, order=0)[0] > 0
+    cord_native, box_native = localization_masks(cord, block, crop_grid, grid)
     row.cord_found = cord is not None
     row.pred_cord_cm3 = float(cord_native.sum() * grid.voxel_volume_mm3 / 1000)
     row.box_mm = "×".join(f"{n * s:.0f}" for n, s in zip(crop_grid.shape, seg_spec.spacing_mm))

@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .errors import DeepsegError
 from .grid import Grid, footprint, inside_fraction, resample, uncrop, working_grid
-from .inference import OnnxModel, RuntimeOptions, sliding_window
+from .inference import OnnxModel, RuntimeOptions, sliding_window, zscore
 from .io import Volume, as_volume, load_volume, mask_image, nifti_stem, write_outputs
 from .localize import box_for_mask, centred_block, largest_component, model_input
 from .postprocess import MM3_PER_CM3, PostprocessConfig, postprocess
@@ -71,6 +71,16 @@ def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np
     return uncrop(block, start, native.shape)
 
 
+def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on ``native``.
+
+    The cord is resampled trilinearly and kept where it reaches 0.5; the box by nearest neighbour.
+    """
+    cord_native = np.zeros(native.shape, bool) if cord is None else to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5
+    box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0
+    return cord_native, box_native
+
+
 def check_overlap(t2: Volume, t1: Volume) -> None:
     """Refuse T1w/T2w pairs whose fields of view do not overlap in scanner space."""
     shared = max(inside_fraction(t1.grid, t2.grid), inside_fraction(t2.grid, t1.grid))
@@ -89,9 +99,9 @@ def find_cord(volume: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid
     """
     spec = model.spec
     block = centred_block(working_grid(volume.grid, spec.spacing_mm), spec.patch_size)
-    x = model_input([(volume.data, volume.grid)], block)
-    prob = model(x[None])[0, 0]
-    prob[np.isnan(resample(volume.data, volume.grid, block, order=0, fill=np.nan))] = 0.0
+    raw = resample(volume.data, volume.grid, block, order=1, fill=np.nan)  # NaN outside the field of view
+    prob = model(zscore(raw)[None, None])[0, 0]  # = model_input([(volume.data, volume.grid)], block)[None]
+    prob[np.isnan(raw)] = 0.0
     post = spec.postprocessing[spec.classes[0]]
     min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
     return largest_component(prob >= post.threshold, min_voxels), block
@@ -166,8 +176,7 @@ def segment(
         for i, name in enumerate(spec.classes):
             values = block_probs[i] if post.soft else postprocess(block_probs[i], post.classes[name], t2.grid.voxel_volume_mm3)
             masks[name] = mask_image(uncrop(values, start, t2.grid.shape), t2.image)
-        cord_native = np.zeros(t2.grid.shape, np.uint8) if cord is None else (to_native(cord[None].astype(np.float32), block, t2.grid)[0] >= 0.5)
-        box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, t2.grid, order=0)[0]
+        cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
     return Result(
         masks=masks,
         cord=mask_image(cord_native.astype(np.uint8), t2.image),
