@@ -6,6 +6,7 @@ outputs (sigmoid probabilities). Patch sizes and strides are in working-grid vox
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import reduce
 from itertools import product
@@ -187,9 +188,23 @@ def _accumulate(total: np.ndarray, pred: np.ndarray, window: Sequence[tuple[int,
             total[(slice(None),) + tuple(slice(lo, hi) for lo, hi in box)] += pred[(slice(None),) + tuple(slice(lo - w[0], hi - w[0]) for (lo, hi), w in zip(box, window))]
     new = tuple(slice(a, hi) for _, a, hi, _ in window)  # never written: assign
     total[(slice(None),) + new] = pred[(slice(None),) + tuple(slice(a - lo, hi - lo) for lo, a, hi, _ in window)]
-    final = [c[lo:f] for c, (lo, _, _, f) in zip(counts, window)]  # no later window: divide by the count
-    if any(c.max() > 1.0 for c in final):
-        total[(slice(None),) + tuple(slice(lo, f) for lo, _, _, f in window)] /= reduce(np.multiply.outer, final)
+    # no later window: divide by the count, one scalar per box of constant count (the per-axis
+    # counts are piecewise constant; the product is the same float32 the full outer product has)
+    for box in product(*(_runs(c, lo, f) for c, (lo, _, _, f) in zip(counts, window))):
+        n = reduce(np.multiply, [np.float32(v) for _, _, v in box])
+        if n == 1.0:
+            continue
+        region = total[(slice(None),) + tuple(slice(lo, hi) for lo, hi, _ in box)]
+        if math.frexp(n)[0] == 0.5:  # a power of two: multiplying by 1/n is exact and cheaper
+            region *= np.float32(1.0 / n)
+        else:
+            region /= n
+
+
+def _runs(count: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, float]]:
+    """Maximal runs of equal values in ``count[lo:hi]`` as (start, end, value)."""
+    edges = [lo, *(lo + 1 + np.flatnonzero(np.diff(count[lo:hi]))), hi]
+    return [(int(a), int(b), float(count[a])) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def n_windows(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:
