@@ -221,3 +221,26 @@ def test_case_cache_and_bids_roundtrip(tmp_path):
     np.testing.assert_array_equal(bids.labels["whole-tumor"], case.labels["whole-tumor"])
     stage = D.StageConfig.from_dict(SEG)
     np.testing.assert_allclose(D.segmenter_sample(bids, stage)[0], D.segmenter_sample(case, stage)[0], atol=1e-5)
+
+
+def _tuning_case(inside: float, shell: float) -> "ValCase":
+    """A 4 mm-radius ball of truth with probability ``inside`` and a 2-voxel shell at ``shell``."""
+    from imsct_train.tune import ValCase
+
+    z, y, x = np.ogrid[:20, :20, :20]
+    r = np.sqrt((z - 10.0) ** 2 + (y - 10.0) ** 2 + (x - 10.0) ** 2)
+    truth = r <= 4
+    prob = np.where(truth, inside, np.where(r <= 6, shell, 0.0)).astype(np.float32)
+    return ValCase({"tumor": prob}, {"tumor": truth}, voxel_mm3=1.0)
+
+
+def test_threshold_tuning_finds_the_band_that_separates_truth_from_the_shell():
+    from deepseg_imsct.postprocess import ClassPost
+    from imsct_train.tune import best_threshold, sweep
+
+    rows = sweep([_tuning_case(0.6, 0.55)], "tumor", ClassPost(0.5, True, 0.0))
+    by_t = {r["threshold"]: r["dice"] for r in rows}
+    assert by_t[0.6] == 1.0 and by_t[0.55] < 0.5 and by_t[0.65] == 0.0  # prob >= threshold is foreground
+    assert best_threshold(rows) == 0.6
+    # a plateau of perfect thresholds: the one closest to 0.5 wins
+    assert best_threshold(sweep([_tuning_case(0.9, 0.2)], "tumor", ClassPost(0.5, True, 0.0))) == 0.5
