@@ -7,13 +7,17 @@ Usage (from the repository root)::
     python bench/bench_pipeline.py --threads 2 --repeat 10
 
 Each configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
-is its own. Test volumes come from the project's phantom generator (imsct_train.phantoms) when
-it is installed, else from a simple built-in analytic phantom of the same size.
+is its own. The test volumes are made in another subprocess: Linux carries a process's peak
+RSS over fork and exec, so a measuring child started by a parent that had generated the
+phantom would report the parent's peak (2.3 GB on the large size), not its own. Test volumes
+come from the project's phantom generator (imsct_train.phantoms) when it is installed, else
+from a simple built-in analytic phantom of the same size.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -31,7 +35,8 @@ STAGES = ["load", "localize", "crop", "segment", "resample_back", "postprocess",
 
 
 def make_case(folder: Path, size: str, seed: int = 0) -> tuple[Path, Path]:
-    """Write a T2w/T1w pair of the requested size into ``folder``."""
+    """Write a T2w/T1w pair of the requested size into ``folder``, and in ``phantom.txt`` which
+    generator made it."""
     import nibabel as nib
 
     matrix, slices, inplane, thickness = SIZES[size]
@@ -42,12 +47,20 @@ def make_case(folder: Path, size: str, seed: int = 0) -> tuple[Path, Path]:
         case = generate_case(seed, fov_si_mm=fov, fov_ap_mm=fov, inplane_mm=inplane, n_slices=slices,
                              slice_mm=thickness, gap_mm=0, t1_own_grid=False)
         t2, t1 = case.t2w, case.t1w
-    except ImportError:
+        source = "imsct_train.phantoms"
+    except ImportError as exc:
         t2, t1 = _analytic_case((matrix, matrix, slices), (inplane, inplane, thickness), seed)
-    paths = folder / "bench_T2w.nii.gz", folder / "bench_T1w.nii.gz"
+        source = f"built-in analytic phantom (imsct_train.phantoms: {exc})"
+    paths = case_paths(folder)
     nib.save(t2, paths[0])
     nib.save(t1, paths[1])
+    (folder / "phantom.txt").write_text(source)
     return paths
+
+
+def case_paths(folder: Path) -> tuple[Path, Path]:
+    """Where :func:`make_case` writes the T2w and the T1w."""
+    return folder / "bench_T2w.nii.gz", folder / "bench_T1w.nii.gz"
 
 
 def _analytic_case(shape, zooms, seed):
@@ -84,6 +97,7 @@ def run_once(t2: Path, t1: Path, out: Path, threads: int, repeat: int) -> dict:
     t0 = time.perf_counter()
     predictor = Predictor(runtime=RuntimeOptions(threads=threads))
     t_models = time.perf_counter() - t0
+    ready_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     predictor.run_files(t2, t1, out)  # warm-up
     runs = []
     for _ in range(repeat):
@@ -91,7 +105,7 @@ def run_once(t2: Path, t1: Path, out: Path, threads: int, repeat: int) -> dict:
         predictor.run_files(t2, t1, out)
         runs.append({**predictor.last_timings, "total": time.perf_counter() - t0})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"import_s": t_import, "model_load_s": t_models, "runs": runs, "peak_rss_mb": peak_mb}
+    return {"import_s": t_import, "model_load_s": t_models, "runs": runs, "peak_rss_mb": peak_mb, "ready_rss_mb": ready_mb}
 
 
 def table(report: dict, label: str) -> str:
@@ -104,7 +118,8 @@ def table(report: dict, label: str) -> str:
         f"| import (once) | {report['import_s']:.3f} | |",
         f"| model load (once) | {report['model_load_s']:.3f} | |",
         "",
-        f"peak resident memory: {report['peak_rss_mb']:.0f} MB; "
+        f"peak resident memory: {report['peak_rss_mb']:.0f} MB "
+        f"({report['ready_rss_mb']:.0f} MB after import and model load); "
         f"first-run estimate (import + load + median total): "
         f"{report['import_s'] + report['model_load_s'] + statistics.median(r['total'] for r in runs):.2f} s",
     ]
@@ -117,19 +132,26 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--child", nargs=3, metavar=("T2", "T1", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--make", metavar="FOLDER", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.make:
+        make_case(Path(args.make), args.size)
+        return 0
     if args.child:
         report = run_once(Path(args.child[0]), Path(args.child[1]), Path(args.child[2]), args.threads, args.repeat)
         print(json.dumps(report))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        t2, t1 = make_case(Path(tmp), args.size)
+        subprocess.run([sys.executable, __file__, "--make", tmp, "--size", args.size], check=True)
+        t2, t1 = case_paths(Path(tmp))
         cmd = [sys.executable, __file__, "--child", str(t2), str(t1), str(Path(tmp) / "out"),
                "--repeat", str(args.repeat), "--threads", str(args.threads)]
         report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        source = (Path(tmp) / "phantom.txt").read_text()
     matrix, slices, inplane, thickness = SIZES[args.size]
     print(table(report, f"{args.size}: {matrix}x{matrix}x{slices} voxels at {inplane}x{inplane}x{thickness} mm, "
                         f"threads={args.threads or 'default'}, {args.repeat} runs after a warm-up"))
+    print(f"phantom: {source}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
     return 0
 
 

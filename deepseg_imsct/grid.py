@@ -99,12 +99,31 @@ def crop(data: np.ndarray, start: Triple, size: Triple, fill: float = 0.0) -> np
     return out
 
 
-def uncrop(block: np.ndarray, start: Triple, shape: Triple, fill: float = 0.0) -> np.ndarray:
-    """Inverse of :func:`crop`: put ``block`` back at ``start`` into a ``shape`` array of ``fill``."""
-    out = np.full(block.shape[:-3] + tuple(shape), fill, dtype=block.dtype)
+def uncrop(block: np.ndarray, start: Triple, shape: Triple, fill: float = 0.0, order: str = "C") -> np.ndarray:
+    """Inverse of :func:`crop`: put ``block`` back at ``start`` into a ``shape`` array of ``fill``.
+
+    ``order`` is the memory layout of the result ('F': NIfTI's, the fastest to write). With
+    ``fill`` 0 the memory outside the block is never touched (zero pages cost no RAM).
+    """
+    full = block.shape[:-3] + tuple(shape)
+    out = np.zeros(full, block.dtype, order=order) if fill == 0 else np.full(full, fill, block.dtype, order=order)
     src, dst = _overlap(shape, start, block.shape[-3:])
     out[(...,) + src] = block[(...,) + dst]
     return out
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[Triple, Triple]:
+    """``(start, size)`` of the True voxels of a 3D ``mask``, grown by ``margin`` voxels and clipped
+    to the array; size (0, 0, 0) when there are none."""
+    start, size = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return (0, 0, 0), (0, 0, 0)
+        lo, hi = max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, mask.shape[axis])
+        start.append(lo)
+        size.append(hi - lo)
+    return tuple(start), tuple(size)
 
 
 def _overlap(shape, start, size) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -131,8 +150,8 @@ def resample(data: np.ndarray, src: Grid, dst: Grid, order: int = 1, fill: float
     is_separable = len(set(perm.tolist())) == 3 and np.allclose(
         lin, np.eye(3)[:, perm] * lin[perm, [0, 1, 2]], atol=1e-6 * np.abs(lin).max()
     )
-    if order == 1 and data.dtype != np.float32:
-        data = data.astype(np.float32)
+    if order == 1 and data.dtype != np.float32 and not (data.dtype.kind in "iu" and data.dtype.itemsize <= 2):
+        data = data.astype(np.float32)  # small integers are interpolated in float32 as they are read
     if is_separable:
         return _resample_separable(data, dst_to_src, perm, dst.shape, order, fill)
     return _resample_general(data, dst_to_src, dst.shape, order, fill)
@@ -152,36 +171,54 @@ def _axis_weights(x: np.ndarray, n: int, order: int):
 
 
 def _resample_separable(data, dst_to_src, perm, shape, order, fill):
-    """Axis-aligned case (permutation, flips, scaling, shifts): one 1D pass per axis."""
+    """Axis-aligned case (permutation, flips, scaling, shifts): one 1D pass per axis.
+
+    The passes run on the array's own memory layout (``np.take`` first copies any array that is
+    not C-contiguous, e.g. a NIfTI's Fortran-ordered voxels), shrinking axes first; only the
+    smaller of input and output is transposed to the destination's axis order.
+    """
     lead = data.ndim - 3
-    out = np.moveaxis(data, [lead + int(p) for p in perm], [lead, lead + 1, lead + 2])
-    outside = np.zeros(shape, dtype=bool)
-    for axis in np.argsort(np.asarray(shape) / np.asarray(out.shape[lead:])):  # shrink first
+    src_shape = data.shape[lead:]
+    axes = sorted(range(3), key=lambda a: -data.strides[lead + a])  # spatial axes in memory order
+    out = data.transpose(*range(lead), *(lead + a for a in axes))
+    where = [axes.index(int(p)) for p in perm]  # position of each destination axis in ``out``
+    if np.prod(src_shape) < np.prod(shape):  # upsampling: transpose the (smaller) input
+        out, where = np.moveaxis(out, [lead + w for w in where], [lead, lead + 1, lead + 2]), [0, 1, 2]
+    out = np.ascontiguousarray(out)
+    insides = []
+    for axis in np.argsort(np.asarray(shape) / np.asarray(src_shape)[perm]):  # shrink first
         scale, offset = dst_to_src[perm[axis], axis], dst_to_src[perm[axis], 3]
         x = scale * np.arange(shape[axis]) + offset
-        i0, i1, w, inside = _axis_weights(x, out.shape[lead + axis], order)
-        a0 = np.take(out, i0, axis=lead + axis)
-        if w is None:
-            out = a0
-        else:
-            bshape = [1] * out.ndim
-            bshape[lead + axis] = -1
-            w = w.reshape(bshape)
-            out = a0 + (np.take(out, i1, axis=lead + axis) - a0) * w
-        view = [np.newaxis] * 3
-        view[axis] = slice(None)
-        outside |= ~inside[tuple(view)]
-    out = np.array(out, copy=None if out.flags.c_contiguous else True)
-    if outside.any():
-        out[..., outside] = fill
+        i0, i1, w, inside = _axis_weights(x, out.shape[lead + where[axis]], order)
+        out = _interpolate_axis(out, lead + where[axis], i0, i1, w)
+        insides.append((axis, inside))
+    out = np.ascontiguousarray(np.moveaxis(out, [lead + w for w in where], [lead, lead + 1, lead + 2]))
+    for axis, inside in insides:
+        if not inside.all():
+            out[(...,) + (slice(None),) * axis + (~inside,) + (slice(None),) * (2 - axis)] = fill
     return out
+
+
+def _interpolate_axis(data: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """``data[i0] + (data[i1] - data[i0]) * w`` along ``axis`` (``w`` None: ``data[i0]``), in place
+    where possible; ``data`` C-contiguous so that ``np.take`` does not copy it first."""
+    low = np.take(data, i0, axis=axis)
+    if w is None:
+        return low
+    high = np.take(data, i1, axis=axis)
+    if low.dtype != np.float32:  # small integers: exact in float32
+        low, high = low.astype(np.float32), high.astype(np.float32)
+    high -= low
+    high *= w.reshape((-1,) + (1,) * (data.ndim - 1 - axis))
+    high += low
+    return high
 
 
 def _resample_general(data, dst_to_src, shape, order, fill):
     """Any affine (oblique, sheared): trilinear gather, one destination slab at a time."""
     lead = data.shape[:-3]
     n = np.asarray(data.shape[-3:])
-    out = np.empty(lead + tuple(shape), dtype=data.dtype)
+    out = np.empty(lead + tuple(shape), dtype=np.float32 if order == 1 else data.dtype)
     jj, kk = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
     for i in range(shape[0]):
         pts = np.stack([np.full_like(jj, i), jj, kk], axis=-1).reshape(-1, 3).astype(np.float64)

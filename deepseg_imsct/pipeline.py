@@ -11,14 +11,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from . import __version__
 from .errors import DeepsegError
-from .grid import Grid, footprint, inside_fraction, resample, uncrop, working_grid
+from .grid import Grid, Triple, bounding_box, footprint, inside_fraction, resample, uncrop, working_grid
 from .inference import OnnxModel, RuntimeOptions, sliding_window, zscore
 from .io import Volume, as_volume, load_volume, mask_image, nifti_stem, write_outputs
 from .localize import box_for_mask, centred_block, largest_component, model_input
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK = "seg_tumor-edema-cavity_t1-t2"
 MIN_FOV_OVERLAP = 0.25  # T1w and T2w fields of view must share at least this fraction
+REACH_MARGIN = 1e-4  # probability: float32 trilinear interpolation of values in [0, 1] errs by a few 1e-6 at most
 
 
 @dataclass
@@ -56,12 +57,29 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     log.debug("%s: %.3f s", stage, timings[stage])
 
 
-def native_block(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Resample (C, *src.shape) ``values`` onto the part of ``native`` that ``src`` covers.
+def reach_box(values: np.ndarray, threshold: float) -> tuple[Triple, Triple]:
+    """The box ``(start, size)`` of ``values`` voxels outside which trilinear interpolation stays
+    below ``threshold``; size (0, 0, 0) when no voxel comes near it.
 
-    Returns the block and its start on ``native``; everything outside it would be 0.
+    An interpolated value is a convex combination of the 2x2x2 source voxels around it, so it is
+    below the threshold wherever all of them are: the box is the bounding box of the voxels at or
+    above ``threshold - REACH_MARGIN`` (far more than float32 rounding), grown by one voxel.
     """
-    start, size = footprint(src, native)
+    return bounding_box(values >= np.float32(threshold - REACH_MARGIN), margin=1)
+
+
+def native_block(
+    values: np.ndarray, src: Grid, native: Grid, order: int = 1, box: tuple[Triple, Triple] | None = None
+) -> tuple[np.ndarray, Triple]:
+    """Resample (*C, *src.shape) ``values`` onto the part of ``native`` that ``src`` covers, or
+    only the part around ``box`` (``(start, size)`` in ``src`` voxels, e.g. :func:`reach_box`).
+
+    Returns the block and its start on ``native``; everything outside it would be 0 (with
+    ``box``: below the threshold the box was made for).
+    """
+    if box is not None and 0 in box[1]:
+        return np.zeros(values.shape[:-3] + (0, 0, 0), np.float32 if order == 1 else values.dtype), (0, 0, 0)
+    start, size = footprint(src if box is None else src.subgrid(*box), native)
     return resample(values, src, native.subgrid(start, size), order=order, fill=0), start
 
 
@@ -72,13 +90,39 @@ def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np
 
 
 def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on ``native``.
+    """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on
+    ``native`` (Fortran order, as NIfTI stores them).
 
-    The cord is resampled trilinearly and kept where it reaches 0.5; the box by nearest neighbour.
+    The cord is resampled trilinearly and kept where it reaches 0.5 (computed only around it,
+    see :func:`reach_box`); the box by nearest neighbour.
     """
-    cord_native = np.zeros(native.shape, bool) if cord is None else to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5
-    box_native = to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0
-    return cord_native, box_native
+    cord_native = np.zeros(native.shape, bool, order="F")
+    if cord is not None:
+        values = cord.astype(np.float32)
+        part, start = native_block(values, block, native, box=reach_box(values, 0.5))
+        cord_native = uncrop(part >= 0.5, start, native.shape, order="F")
+    part, start = native_block(np.ones(crop_grid.shape, bool), crop_grid, native, order=0)
+    return cord_native, uncrop(part, start, native.shape, order="F")
+
+
+def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
+                 timings: dict[str, float]) -> dict[str, nib.Nifti1Image]:
+    """The segmenter's (K, *crop_grid.shape) probabilities back on the T2w grid, one image per class.
+
+    Masks are resampled only where their class's threshold can be reached (:func:`reach_box`) and
+    post-processed on that block, whose border then acts as the image's: the same result as on
+    the whole grid, since the mask is empty outside the block. Soft outputs (probabilities) cover
+    the crop's whole footprint. Zero elsewhere.
+    """
+    grid, images = t2.grid, {}
+    for i, name in enumerate(classes):
+        with _timed(timings, "resample_back"):
+            box = None if post.soft else reach_box(probs[i], post.classes[name].threshold)
+            block, start = native_block(probs[i], crop_grid, grid, box=box)
+        with _timed(timings, "postprocess"):
+            values = block if post.soft else postprocess(block, post.classes[name], grid.voxel_volume_mm3)
+            images[name] = mask_image(uncrop(values, start, grid.shape, order="F"), t2.image)
+    return images
 
 
 def check_overlap(t2: Volume, t1: Volume) -> None:
@@ -91,15 +135,22 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
         )
 
 
-def find_cord(volume: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
+def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
+    """The localizer's single input block: its patch, centred on the scan's working grid."""
+    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size)
+
+
+def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:
     """The largest plausible cord component on the localizer's input block, or None.
 
     Only voxels inside the scan's field of view are plausible: predictions in the block's zero
     padding (a field of view smaller than the block) are dropped before the components are counted.
+    ``raw``: the volume already resampled onto the block (NaN outside its field of view), if at hand.
     """
     spec = model.spec
-    block = centred_block(working_grid(volume.grid, spec.spacing_mm), spec.patch_size)
-    raw = resample(volume.data, volume.grid, block, order=1, fill=np.nan)  # NaN outside the field of view
+    block = localizer_block(volume.grid, spec)
+    if raw is None:
+        raw = resample(volume.data, volume.grid, block, order=1, fill=np.nan)  # NaN outside the field of view
     prob = model(zscore(raw)[None, None])[0, 0]  # = model_input([(volume.data, volume.grid)], block)[None]
     prob[np.isnan(raw)] = 0.0
     post = spec.postprocessing[spec.classes[0]]
@@ -109,9 +160,11 @@ def find_cord(volume: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid
 
 def localize(t2: Volume, t1: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
     """Stage 1 on the T2w, with a warning when the inputs look swapped or no cord is found."""
-    cord, block = find_cord(t2, model)
+    block = localizer_block(t2.grid, model.spec)
+    t2_block = resample(t2.data, t2.grid, block, order=1, fill=np.nan)
+    cord, _ = find_cord(t2, model, t2_block)
     if cord is not None:
-        if looks_swapped(t2, t1, cord, block):
+        if looks_swapped(t2, t1, cord, block, t2_block):
             log.warning("%s looks like a T1w and %s like a T2w (CSF brighter than the cord on the second): "
                         "check the input order (T2w first, or use -c)", t2.name, t1.name)
         return cord, block
@@ -123,15 +176,19 @@ def localize(t2: Volume, t1: Volume, model: OnnxModel) -> tuple[np.ndarray | Non
     return None, block
 
 
-def looks_swapped(t2: Volume, t1: Volume, cord: np.ndarray, block: Grid) -> bool:
+def looks_swapped(t2: Volume, t1: Volume, cord: np.ndarray, block: Grid, t2_block: np.ndarray | None = None) -> bool:
     """True when the CSF around the cord is darker than the cord on the 'T2w' and brighter on the
-    'T1w': the opposite of both contrasts (CSF is bright on T2w, dark on T1w)."""
+    'T1w': the opposite of both contrasts (CSF is bright on T2w, dark on T1w).
+
+    ``t2_block``: the T2w already resampled onto ``block`` (NaN outside), if at hand.
+    """
     shell = _dilate(cord, 2) & ~cord
     if not shell.any():
         return False
     ratios = []
-    for vol in (t2, t1):
-        values = resample(vol.data, vol.grid, block, fill=np.nan)
+    for vol, values in ((t2, t2_block), (t1, None)):
+        if values is None:
+            values = resample(vol.data, vol.grid, block, fill=np.nan)
         inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell])
         ratios.append(outer / inner if inner > 0 else np.nan)
     return bool(ratios[0] < 1.0 < ratios[1])
@@ -169,18 +226,13 @@ def segment(
         x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
     with _timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
-    with _timed(timings, "resample_back"):  # only the part of the T2w grid the crop covers
-        block_probs, start = native_block(probs, crop_grid, t2.grid)
-    with _timed(timings, "postprocess"):  # zero outside the block, so the block's border acts as the image's
-        masks = {}
-        for i, name in enumerate(spec.classes):
-            values = block_probs[i] if post.soft else postprocess(block_probs[i], post.classes[name], t2.grid.voxel_volume_mm3)
-            masks[name] = mask_image(uncrop(values, start, t2.grid.shape), t2.image)
+    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings)
+    with _timed(timings, "postprocess"):
         cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
     return Result(
         masks=masks,
-        cord=mask_image(cord_native.astype(np.uint8), t2.image),
-        box=mask_image(box_native.astype(np.uint8), t2.image),
+        cord=mask_image(cord_native.view(np.uint8), t2.image),
+        box=mask_image(box_native.view(np.uint8), t2.image),
         box_mm=crop_grid.corners_mm()[[0, -1]].round(2).tolist(),
         cord_found=cord is not None,
         timings=timings,

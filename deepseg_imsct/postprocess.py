@@ -68,18 +68,17 @@ def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill 3D holes: background not 6-connected to the array border becomes foreground."""
+    if mask.size == 0:
+        return mask.copy()
     from skimage.measure import label
 
-    background = ~mask
-    labels = label(background, connectivity=1)
-    border = np.zeros(mask.shape, dtype=bool)
+    labels, n = label(~mask, connectivity=1, return_num=True)
+    outside = np.zeros(n + 1, dtype=bool)  # per background component: does it touch the border?
     for axis in range(mask.ndim):
-        index = [slice(None)] * mask.ndim
         for end in (0, -1):
-            index[axis] = end
-            border[tuple(index)] = True
-    holes = background & ~np.isin(labels, np.unique(labels[border & background]))
-    return mask | holes
+            outside[np.take(labels, end, axis=axis)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[labels]
 
 
 def remove_small(mask: np.ndarray, min_volume_mm3: float, voxel_volume_mm3: float) -> np.ndarray:

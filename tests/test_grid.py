@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from deepseg_imsct.grid import (
     Grid,
     apply_affine,
+    bounding_box,
     crop,
     footprint,
     inside_fraction,
@@ -164,3 +165,60 @@ def test_inside_fraction_and_footprint():
     assert inside_fraction(a, Grid((10, 10, 10), far)) == 0.0
     start, size = footprint(b, a)
     assert start[0] == 4 and start[0] + size[0] == 10 and size[1:] == (10, 10)
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_separable_resample_is_the_same_whatever_the_memory_layout_and_integer_type(direction):
+    """Fortran-ordered (NIfTI) data, transposed views, channel axes and 16-bit integers give the
+    bitwise result of a C-contiguous float32 array: the passes follow the memory layout."""
+    native = grid_with("PSR", zooms=(0.4, 0.5, 3.0), shape=(90, 70, 9))
+    work = working_grid(native, (1.0, 1.0, 2.0) if direction == "down" else (0.2, 0.25, 1.0))
+    values = np.random.default_rng(4).integers(-300, 3000, native.shape).astype(np.int16)
+    expected = resample(np.ascontiguousarray(values, dtype=np.float32), native, work, fill=np.nan)
+    for data in (np.asfortranarray(values), values.astype(np.float32, order="F"), values.T.copy().T):
+        got = resample(data, native, work, fill=np.nan)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)
+    stacked = np.stack([values, values[::-1]]).astype(np.float32)
+    got = resample(np.moveaxis(np.moveaxis(stacked, 0, -1).copy(), -1, 0), native, work, fill=np.nan)
+    np.testing.assert_array_equal(got[0], expected)
+    np.testing.assert_array_equal(got[1], resample(np.ascontiguousarray(stacked[1]), native, work, fill=np.nan))
+
+
+@pytest.mark.parametrize("oblique", [False, True], ids=["separable", "general"])
+def test_int16_data_is_interpolated_as_float32(oblique):
+    src = grid_with("LPI", zooms=(0.7, 0.7, 2.5), shape=(30, 40, 8))
+    dst = working_grid(src, (1.0, 1.0, 2.0))
+    if oblique:
+        rot = np.eye(4)
+        c, s = np.cos(0.3), np.sin(0.3)
+        rot[:3, :3] = [[1, 0, 0], [0, c, -s], [0, s, c]]
+        dst = Grid(dst.shape, rot @ dst.affine)
+    values = np.random.default_rng(5).integers(-2000, 2000, src.shape).astype(np.int16)
+    got = resample(values, src, dst, fill=np.nan)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, resample(values.astype(np.float32), src, dst, fill=np.nan))
+    nearest = resample(values, src, dst, order=0, fill=-1)
+    assert nearest.dtype == np.int16 and set(np.unique(nearest)) <= set(np.unique(values)) | {-1}
+
+
+def test_resample_onto_an_empty_grid():
+    src = grid_with("RAS", shape=(10, 10, 10))
+    for size in [(0, 0, 0), (0, 5, 5), (5, 5, 0)]:
+        assert resample(np.ones(src.shape, np.float32), src, src.subgrid((0, 0, 0), size)).shape == size
+
+
+def test_bounding_box_with_margin_is_clipped_to_the_array():
+    mask = np.zeros((10, 12, 14), bool)
+    mask[3:5, 0:2, 9:14] = True
+    assert bounding_box(mask) == ((3, 0, 9), (2, 2, 5))
+    assert bounding_box(mask, margin=1) == ((2, 0, 8), (4, 3, 6))
+    assert bounding_box(np.zeros((4, 4, 4), bool), margin=2) == ((0, 0, 0), (0, 0, 0))
+
+
+def test_uncrop_in_fortran_order_with_zeros_untouched():
+    block = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    out = uncrop(block, (1, -1, 2), (5, 5, 5), order="F")
+    assert out.flags.f_contiguous and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, uncrop(block, (1, -1, 2), (5, 5, 5)))
+    assert out.sum() == block[:, 1:, :3].sum()

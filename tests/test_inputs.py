@@ -97,13 +97,40 @@ def test_complex_and_rgb_are_refused(tmp_path):
         io.load_volume(tmp_path / "rgb.nii.gz", "T2w")
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
-def test_integer_and_float_voxels_are_read_as_float32(tmp_path, dtype):
-    values = np.arange(2400).reshape(20, 20, 6) % 200
-    nib.save(nib.Nifti1Image(values.astype(dtype), AFFINE), tmp_path / "v.nii.gz")
-    data = io.load_volume(tmp_path / "v.nii.gz", "T2w").data
-    assert data.dtype == np.float32
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_voxels_keep_their_values_small_integers_their_type(tmp_path, dtype, suffix):
+    """Unscaled 8/16-bit integers stay integers (exact in float32, half the memory); the rest is float32."""
+    values = np.arange(2400).reshape(20, 20, 6) % 120
+    nib.save(nib.Nifti1Image(values.astype(dtype), AFFINE), tmp_path / f"v{suffix}")
+    data = io.load_volume(tmp_path / f"v{suffix}", "T2w").data
+    small_integer = np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize <= 2
+    assert data.dtype == (dtype if small_integer else np.float32)
+    assert not isinstance(data, np.memmap)
     np.testing.assert_array_equal(data, values.astype(np.float32))
+
+
+@pytest.mark.parametrize("slope,inter", [(1.0, 0.0), (2.0, 0.0), (1.3, -7.25), (0.003, 1.0)])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize("endianness", ["<", ">"])
+def test_fast_gzip_read_equals_nibabel(tmp_path, dtype, endianness, slope, inter):
+    """The one-call decompression gives nibabel's float32 values exactly, scaling and byte order included."""
+    values = (np.random.default_rng(0).random((17, 9, 13)) * 200).astype(dtype)
+    img = nib.Nifti1Image(values, AFFINE, nib.Nifti1Header(endianness=endianness))
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, tmp_path / "v.nii.gz")
+    loaded = nib.load(tmp_path / "v.nii.gz")
+    got = io.read_voxels(loaded, tmp_path / "v.nii.gz")
+    np.testing.assert_array_equal(got.astype(np.float32), np.asarray(loaded.dataobj, dtype=np.float32))
+    assert got.dtype == np.float32 or (slope, inter) == (1.0, 0.0)
+
+
+def test_concatenated_gzip_members_are_read_whole(tmp_path):
+    img = nib.Nifti1Image(noise(dtype=np.int16), AFFINE)
+    payload = img.to_bytes()
+    half = len(payload) // 2
+    (tmp_path / "m.nii.gz").write_bytes(gzip.compress(payload[:half]) + gzip.compress(payload[half:]))
+    np.testing.assert_array_equal(io.load_volume(tmp_path / "m.nii.gz", "T2w").data, noise(dtype=np.int16))
 
 
 def test_scaled_integers_are_read_in_physical_values(tmp_path):

@@ -257,3 +257,109 @@ def test_cord_predicted_in_the_padding_outside_the_field_of_view_is_ignored():
     assert isinstance(block, Grid) and cord is not None
     inside = ~np.isnan(resample(volume.data, volume.grid, block, order=0, fill=np.nan))
     assert cord.sum() > 0 and inside[cord].all()
+    given = resample(volume.data, volume.grid, block, fill=np.nan)  # as localize() passes it, reused
+    np.testing.assert_array_equal(find_cord(volume, Fake(), given)[0], cord)
+
+
+# ------------------------------------------------------------------ back to the native grid, restricted
+
+
+def _oblique_native(shape=(70, 60, 12), zooms=(0.7, 0.8, 3.0), degrees=17.0):
+    """A PSR T2w grid tilted by ``degrees`` about the R-L axis."""
+    from deepseg_imsct.grid import Grid
+
+    theta = np.deg2rad(degrees)
+    rot = np.eye(4)
+    rot[:3, :3] = [[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]]
+    return Grid(shape, rot @ synthetic.sagittal_affine("PSR", zooms, shape))
+
+
+def _crop_of(native, rotate_degrees: float = 0.0):
+    """A 1x1x2 mm crop of ``native``'s working grid; rotated (general resampling path) if asked."""
+    from deepseg_imsct.grid import Grid, working_grid
+
+    work = working_grid(native, (1.0, 1.0, 2.0))
+    crop = work.subgrid((4, -3, 2), (40, 50, 14))
+    if rotate_degrees:
+        theta = np.deg2rad(rotate_degrees)
+        rot = np.eye(4)
+        rot[:3, :3] = [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+        crop = Grid(crop.shape, rot @ crop.affine)
+    return crop
+
+
+def _blobs(shape, spheres) -> np.ndarray:
+    """Probabilities on a grid: max over soft balls ((centre voxel), radius in voxels, peak), in [0, 1]."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float32)
+    prob = np.zeros(shape, np.float32)
+    for centre, radius, peak in spheres:
+        dist = np.linalg.norm(idx - np.asarray(centre, np.float32), axis=-1)
+        prob = np.maximum(prob, peak * np.clip(1.5 - dist / radius, 0, 1).astype(np.float32))
+    return prob
+
+
+@pytest.mark.parametrize("rotate", [0.0, 25.0], ids=["separable", "general"])
+def test_resample_back_around_the_reach_box_equals_the_full_resample(rotate):
+    """On an oblique T2w: restricted to the native voxels the threshold can reach, the
+    probabilities equal the whole-grid resampling there, and the masks everywhere."""
+    from deepseg_imsct.grid import crop, uncrop
+    from deepseg_imsct.pipeline import native_block, reach_box, to_native
+
+    native = _oblique_native()
+    grid = _crop_of(native, rotate)
+    prob = _blobs(grid.shape, [((20, 25, 7), 5.0, 0.95), ((8, 10, 3), 2.0, 0.6), ((30, 40, 10), 3.0, 0.45)])
+    full = to_native(prob[None], grid, native)[0]
+    for threshold in (0.3, 0.5, 0.9, 0.99):
+        box = reach_box(prob, threshold)
+        block, start = native_block(prob, grid, native, box=box)
+        assert block.size < full.size
+        np.testing.assert_allclose(block, crop(full, start, block.shape), atol=1e-6)
+        np.testing.assert_array_equal(uncrop(block >= threshold, start, native.shape), full >= threshold)
+        assert (full >= threshold).any() == (threshold < 0.95)
+    assert reach_box(prob, 0.99)[1] == (0, 0, 0)
+
+
+@pytest.mark.parametrize("rotate", [0.0, 25.0], ids=["separable", "general"])
+def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
+    """Hole filling and small-object removal on the reach block give the whole-grid result."""
+    from deepseg_imsct.io import Volume
+    from deepseg_imsct.pipeline import class_images, to_native
+    from deepseg_imsct.postprocess import ClassPost, PostprocessConfig, postprocess
+
+    native = _oblique_native()
+    grid = _crop_of(native, rotate)
+    shell = _blobs(grid.shape, [((20, 25, 7), 9.0, 0.9)]) * (1 - _blobs(grid.shape, [((20, 25, 7), 3.0, 1.0)]))
+    specks = _blobs(grid.shape, [((5, 6, 2), 1.0, 0.8), ((34, 44, 11), 1.5, 0.7), ((10, 40, 6), 4.0, 0.9)])
+    probs = np.stack([shell, specks, np.zeros(grid.shape, np.float32)])
+    post = PostprocessConfig({"shell": ClassPost(0.5, True, 0.0), "specks": ClassPost(0.5, True, 0.05),
+                              "none": ClassPost(0.5, True, 0.0)})
+    t2 = Volume(np.ones(native.shape, np.float32), native, nib.Nifti1Image(np.zeros(native.shape, np.int16), native.affine))
+    timings: dict[str, float] = {}
+    images = class_images(probs, grid, t2, tuple(post.classes), post, timings)
+    assert set(timings) == {"resample_back", "postprocess"}
+    full = to_native(probs, grid, native)
+    for i, name in enumerate(post.classes):
+        expected = postprocess(full[i], post.classes[name], native.voxel_volume_mm3)
+        got = np.asanyarray(images[name].dataobj)
+        assert got.dtype == np.uint8 and got.shape == native.shape
+        np.testing.assert_array_equal(got, expected)
+    filled = postprocess(full[0], ClassPost(0.5, False, 0.0), 1.0)
+    assert np.asanyarray(images["shell"].dataobj).sum() > filled.sum()  # the hole was there, and filled
+    removed = postprocess(full[1], ClassPost(0.5, True, 0.0), 1.0)
+    assert 0 < np.asanyarray(images["specks"].dataobj).sum() < removed.sum()  # some specks were dropped
+
+
+def test_localization_masks_equal_their_whole_grid_definition():
+    from deepseg_imsct.grid import working_grid
+    from deepseg_imsct.pipeline import localization_masks, to_native
+
+    native = _oblique_native()
+    block = working_grid(native, (2.0, 2.0, 4.0))
+    cord = np.zeros(block.shape, bool)
+    cord[5:20, 10:14, 2:4] = True
+    crop_grid = _crop_of(native)
+    cord_native, box_native = localization_masks(cord, block, crop_grid, native)
+    np.testing.assert_array_equal(cord_native, to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5)
+    np.testing.assert_array_equal(box_native, to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0)
+    assert cord_native.any() and box_native.any() and not box_native.all()
+    assert not localization_masks(None, block, crop_grid, native)[0].any()

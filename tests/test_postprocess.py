@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from deepseg_imsct.grid import bounding_box, crop, uncrop
 from deepseg_imsct.postprocess import ClassPost, PostprocessConfig, binarize, fill_holes, postprocess, remove_small
 from deepseg_imsct.registry import ClassDefaults
 
@@ -81,3 +84,44 @@ def test_config_overrides_per_class_and_validation():
         base.with_overrides(threshold=1.5)
     with pytest.raises(ValueError, match=">= 0"):
         base.with_overrides(min_volume_cm3=-1)
+
+
+def _walled_case(seed: int) -> np.ndarray:
+    """A solid block with a cavity (speckled, sometimes tunnelled to the outside) and stray specks."""
+    rng = np.random.default_rng(seed)
+    shape = (24, 20, 16)
+    prob = np.zeros(shape, np.float32)
+    lo = rng.integers(1, 8, 3)
+    hi = np.minimum(lo + rng.integers(5, 12, 3), shape)
+    prob[tuple(slice(a, b) for a, b in zip(lo, hi))] = 0.9
+    cavity = tuple(slice(a + 1, b - 1) for a, b in zip(lo, hi))
+    prob[cavity] = np.where(rng.random(prob[cavity].shape) < 0.1, 0.9, 0.3).astype(np.float32)
+    if rng.random() < 0.5:  # a tunnel from the cavity out through the low face along axis 0
+        prob[: lo[0] + 2, (lo[1] + hi[1]) // 2, (lo[2] + hi[2]) // 2] = 0.1
+    for _ in range(int(rng.integers(0, 6))):
+        prob[tuple(int(rng.integers(0, n)) for n in shape)] = 0.8
+    return prob
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    margin=st.integers(0, 2),
+    fill=st.booleans(),
+    min_voxels=st.sampled_from([0.0, 3.0, 40.0]),
+)
+def test_post_processing_on_the_bounding_box_equals_the_whole_volume(seed, margin, fill, min_voxels):
+    """Outside the mask's bounding box everything is background connected to the border, so the
+    box's border acts as the volume's: filling and removal on the box give the whole-volume result."""
+    prob = _walled_case(seed)
+    post = ClassPost(0.5, fill, min_voxels / 1000)
+    expected = postprocess(prob, post, voxel_volume_mm3=1.0)
+    start, size = bounding_box(prob >= 0.5, margin=margin)
+    got = uncrop(postprocess(crop(prob, start, size), post, 1.0), start, prob.shape)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_fill_holes_on_empty_and_full_arrays():
+    assert fill_holes(np.zeros((0, 3, 3), bool)).shape == (0, 3, 3)
+    assert fill_holes(np.ones((3, 3, 3), bool)).all()
+    assert not fill_holes(np.zeros((3, 3, 3), bool)).any()
