@@ -21,7 +21,7 @@ from .errors import DeepsegError
 from .grid import Grid, Triple, bounding_box, footprint, inside_fraction, resample, uncrop, working_grid
 from .inference import OnnxModel, RuntimeOptions, sliding_window, zscore
 from .io import Volume, as_volume, load_volume, mask_image, nifti_stem, write_outputs
-from .localize import box_for_mask, centred_block, largest_component, model_input
+from .localize import box_for_mask, centred_block, cord_components, model_input
 from .postprocess import MM3_PER_CM3, PostprocessConfig, postprocess
 from .registry import ModelSpec, Registry, load_registry
 
@@ -141,7 +141,7 @@ def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
 
 
 def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:
-    """The largest plausible cord component on the localizer's input block, or None.
+    """The plausible cord on the localizer's input block (:func:`localize.cord_components`), or None.
 
     Only voxels inside the scan's field of view are plausible: predictions in the block's zero
     padding (a field of view smaller than the block) are dropped before the components are counted.
@@ -155,7 +155,7 @@ def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -
     prob[np.isnan(raw)] = 0.0
     post = spec.postprocessing[spec.classes[0]]
     min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
-    return largest_component(prob >= post.threshold, min_voxels), block
+    return cord_components(prob >= post.threshold, min_voxels), block
 
 
 def localize(t2: Volume, t1: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:

@@ -1,23 +1,27 @@
-"""Stage 1 geometry: largest component, crop box sizing, fall-back to the whole field of view."""
+"""Stage 1 geometry: cord components, crop box sizing, fall-back to the whole field of view."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from deepseg_imsct.grid import Grid, apply_affine, working_grid
-from deepseg_imsct.localize import box_for_mask, centred_block, crop_box, largest_component, mask_extent_mm
+from deepseg_imsct.localize import box_for_mask, centred_block, cord_components, crop_box, mask_extent_mm
 
 PATCH, STRIDE = (128, 128, 32), (64, 64, 32)
 
 
-def test_largest_component_is_the_biggest_not_the_first_in_scan_order():
-    mask = np.zeros((30, 10, 10), bool)
-    mask[1:3, 1:3, 1:3] = True  # first in C order, 8 voxels
-    mask[10:20, 2:8, 2:8] = True  # largest
-    best = largest_component(mask)
-    assert best.sum() == 360 and best[15, 5, 5] and not best[1, 1, 1]
-    assert largest_component(mask, min_voxels=361) is None
-    assert largest_component(np.zeros((5, 5, 5), bool)) is None
+def test_cord_components_keep_the_largest_and_its_pieces_not_specks():
+    mask = np.zeros((60, 10, 10), bool)
+    mask[1:3, 1:3, 1:3] = True  # first in C order, 8 voxels: 2.2 % of the largest, a speck
+    mask[10:20, 2:8, 2:8] = True  # largest, 360 voxels
+    mask[30:40, 3:6, 3:6] = True  # a piece further along the cord, 90 voxels (25 %)
+    mask[50:52, 4:6, 4:6] = True  # 8 voxels again
+    cord = cord_components(mask)
+    assert cord.sum() == 450 and cord[15, 5, 5] and cord[35, 4, 4] and not cord[1, 1, 1] and not cord[51, 5, 5]
+    assert cord_components(mask, piece_fraction=0.02).sum() == 466  # every piece of >= 7.2 voxels
+    assert cord_components(mask, piece_fraction=1.0).sum() == 360  # the largest alone
+    assert cord_components(mask, min_voxels=361) is None
+    assert cord_components(np.zeros((5, 5, 5), bool)) is None
 
 
 @pytest.mark.parametrize("extent", [(30, 10, 12), (200, 15, 20), (500, 300, 40), (128, 128, 32)])

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from deepseg_imsct.grid import apply_affine
 from deepseg_imsct.inference import sliding_window
-from deepseg_imsct.localize import box_for_mask, largest_component
+from deepseg_imsct.localize import box_for_mask, cord_components
 
 from . import data as D
 from .unet import Modified3DUNet, count_parameters
@@ -186,7 +186,7 @@ def box_inclusion(case: D.Case, prob: np.ndarray, dst, check: dict[str, Any]) ->
     """Fraction of ground-truth lesion voxels (cord if no lesion) inside the segmenter crop box
     that the runtime derives from the localizer output ``prob`` (1, *dst.shape) on grid ``dst``;
     0 when the localizer finds nothing."""
-    mask = largest_component(prob[0] >= 0.5)
+    mask = cord_components(prob[0] >= 0.5)
     if mask is None:
         return 0.0
     box, work = box_for_mask(mask, dst, case.t2_grid, check["spacing_mm"], check["safety_factor"],
