@@ -25,6 +25,15 @@ from deepseg_imsct.grid import (
 AXCODES = ["RAS", "LPI", "PSR", "ASL", "SAR", "IRP"]
 
 
+def rotated(grid: Grid, angle: float, axis: int) -> Grid:
+    """``grid`` turned by ``angle`` radians about scanner axis ``axis`` (through the origin)."""
+    i, j = [k for k in range(3) if k != axis]
+    rot = np.eye(4)
+    rot[i, i] = rot[j, j] = np.cos(angle)
+    rot[i, j], rot[j, i] = -np.sin(angle), np.sin(angle)
+    return Grid(grid.shape, rot @ grid.affine)
+
+
 def grid_with(axcodes: str, zooms=(0.6, 0.7, 3.5), shape=(40, 30, 12), origin=(-10.0, 5.0, 20.0)) -> Grid:
     """A grid whose voxel axes point along ``axcodes`` with the given voxel sizes."""
     ornt = nib.orientations.axcodes2ornt(tuple(axcodes))
@@ -75,10 +84,7 @@ def test_trilinear_reproduces_linear_fields(oblique):
     src = grid_with("PSR", zooms=(0.8, 0.9, 3.0), shape=(50, 40, 10))
     dst = working_grid(src, (1.0, 1.0, 2.0))
     if oblique:
-        rot = np.eye(4)
-        c, s = np.cos(0.2), np.sin(0.2)
-        rot[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
-        dst = Grid(dst.shape, rot @ dst.affine)
+        dst = rotated(dst, 0.2, axis=2)
     values = resample(linear_field(voxel_centres_mm(src)), src, dst, fill=np.nan)
     expected = linear_field(voxel_centres_mm(dst))
     inside = np.isfinite(values)
@@ -190,10 +196,7 @@ def test_int16_data_is_interpolated_as_float32(oblique):
     src = grid_with("LPI", zooms=(0.7, 0.7, 2.5), shape=(30, 40, 8))
     dst = working_grid(src, (1.0, 1.0, 2.0))
     if oblique:
-        rot = np.eye(4)
-        c, s = np.cos(0.3), np.sin(0.3)
-        rot[:3, :3] = [[1, 0, 0], [0, c, -s], [0, s, c]]
-        dst = Grid(dst.shape, rot @ dst.affine)
+        dst = rotated(dst, 0.3, axis=0)
     values = np.random.default_rng(5).integers(-2000, 2000, src.shape).astype(np.int16)
     got = resample(values, src, dst, fill=np.nan)
     assert got.dtype == np.float32
