@@ -173,6 +173,100 @@ def test_acquisition_ranges():
         assert 250 <= g.fov_si_mm <= 450 and 200 <= g.fov_ap_mm <= 300
 
 
+# ------------------------------------------------------------------------- rendering internals
+
+
+@pytest.fixture(scope="module")
+def lesion_scene():
+    from imsct_train.phantoms.render import build_scene
+
+    p = sample_case_params(11, tumor_type="ependymoma", has_cavity=True, has_edema=True, n_lesions=1,
+                           lesion_overrides={"length": 40.0})
+    return build_scene(p)
+
+
+def _cord_plane(sc, n0: int, n1: int, v0: float):
+    """A plane of points across the cord at the lesion (cord coordinates, flat, float32)."""
+    les = sc.p.lesions[0]
+    jj, kk = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+    s = (les.s_center - 0.75 * n0 + 1.5 * jj + 0.03 * kk).ravel().astype(np.float32)
+    u = (-0.3 * n1 + 0.6 * kk - 0.02 * jj).ravel().astype(np.float32)
+    return s, u, np.full(s.size, v0, np.float32)
+
+
+@pytest.mark.parametrize("c,v0", [(2, 0.3), (3, 1.7)])
+def test_coarse_to_fine_plane_matches_brute_force(lesion_scene, c, v0):
+    """classify_plane = its definition: corner keys decide uniform blocks, other points are classified
+    one by one (corner voxels reused), whatever the ``need`` mask elsewhere."""
+    from imsct_train.phantoms.planes import classify_plane, plane_grid
+    from imsct_train.phantoms.render import classify
+
+    sc, (n0, n1) = lesion_scene, (41, 37)
+    s, u, v = _cord_plane(sc, n0, n1, v0)
+    ref = classify(sc, s, u, v)
+    assert ref.les.classed.sum() > 20 and ref.cord.sum() > 200
+    key = ref.lab.astype(int) * 2 + ref.cord
+    key[ref.les.idx[ref.les.classed]] = -2
+    rows, cols = (np.minimum(np.arange(-(-n // c) + 1) * c, n - 1) for n in (n0, n1))
+    ck = key.reshape(n0, n1)[rows[:, None], cols[None, :]]
+    k0 = ck[:-1, :-1]
+    uni = (k0 >= 0) & (k0 == ck[1:, :-1]) & (k0 == ck[:-1, 1:]) & (k0 == ck[1:, 1:])
+    jj, kk = np.meshgrid(np.arange(n0) // c, np.arange(n1) // c, indexing="ij")
+    block_uni, block_key = uni[jj, kk].ravel(), k0[jj, kk].ravel()
+    need = np.random.default_rng(c).random(n0 * n1) < 0.7
+    lab, cord = np.full(n0 * n1, 255, np.uint8), np.zeros(n0 * n1, bool)
+    les = classify_plane(sc, lambda i: (s[i], u[i], v[i]), need, plane_grid((n0, n1), c), lab, cord)
+    want = np.where(block_uni, block_key >> 1, ref.lab)
+    np.testing.assert_array_equal(lab[need], want[need])
+    np.testing.assert_array_equal(cord[need], np.where(block_uni, block_key & 1, ref.cord)[need])
+    assert (lab[~need] == 255).all()
+    refined = np.zeros(n0 * n1, bool)
+    refined[ref.les.idx] = True
+    refined &= need & ~block_uni
+    np.testing.assert_array_equal(np.sort(les.idx), np.flatnonzero(refined))
+    order = np.argsort(les.idx)
+    sel = np.isin(ref.les.idx, les.idx)
+    np.testing.assert_array_equal(les.t2[order], ref.les.t2[sel])
+    np.testing.assert_array_equal(les.tumor[order], ref.les.tumor[sel])
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_accumulator_matches_pointwise_sums(lesion_scene, n):
+    """Table-driven slice-profile sums = the per-point weighted sums (float32, same order)."""
+    from imsct_train.phantoms.raster import _Accumulator
+    from imsct_train.phantoms.render import LesionPoints, no_lesion
+
+    tb, rng, npl = lesion_scene.tables, np.random.default_rng(n), 500
+    wts = np.exp(-np.linspace(-1, 1, n) ** 2)
+    wts /= wts.sum()
+    labs = rng.integers(0, tb["tex"].size, (n, npl)).astype(np.uint8)
+    cords = rng.random((n, npl)) < 0.3
+    near = rng.random(npl) < 0.6
+    labs[:, ~near], cords[:, ~near] = labs[0, ~near], cords[0, ~near]
+    les = []
+    for j in range(n):
+        idx = np.sort(rng.choice(np.flatnonzero(near), 30, replace=False))
+        flags = [rng.random(30) < 0.3 for _ in range(3)]
+        les.append(LesionPoints(idx, *flags, rng.random(30).astype(np.float32), rng.random(30).astype(np.float32)))
+    acc = _Accumulator(tb, ("t2", "t1"), True, wts, (1, 1, npl))
+    acc.add(0, labs, cords, les + [no_lesion()], near)
+    for c in ("t2", "t1"):
+        base, tex = np.zeros(npl, np.float32), np.zeros(npl, np.float32)
+        for j, w in enumerate(np.float32(x) for x in wts):
+            sig = tb[c][labs[j]].copy()
+            sig[les[j].idx] = getattr(les[j], c)
+            base, tex = base + w * sig, tex + (w * sig) * tb["tex"][labs[j]]
+        sig = tb[c][labs[0]]
+        np.testing.assert_array_equal(acc.base[c][0], np.where(near, base, sig))
+        np.testing.assert_array_equal(acc.tex[c][0], np.where(near, tex, sig * tb["tex"][labs[0]]))
+    for name in ("cord", "tumor"):
+        tot = np.zeros(npl, np.float32)
+        for j, w in enumerate(np.float32(x) for x in wts):
+            m = cords[j] if name == "cord" else np.isin(np.arange(npl), les[j].idx[les[j].tumor])
+            tot = tot + w * m
+        np.testing.assert_array_equal(acc.frac[name][0], np.where(near, tot, cords[0] if name == "cord" else 0))
+
+
 # ------------------------------------------------------------------------------------- rates
 
 

@@ -16,43 +16,59 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 LOG = logging.getLogger(__name__)
 
 
-def texture_field(anat: np.ndarray, seed: int, step: int) -> np.ndarray:
-    """Smooth zero-mean texture (about unit SD) sampled at anatomy points (3, RL, AP, SI), mm.
+def texture_field(sub: np.ndarray, shape2: tuple[int, int], seed: int) -> np.ndarray:
+    """Smooth zero-mean texture (about unit SD) on a grid, (RL, ``shape2``), float32.
 
-    The field lives in anatomy space, so T1w and T2w share it even on different grids.
+    ``sub``: anatomy points (mm, (3, RL, m1, m2)) of every k-th in-plane voxel centre; the field is
+    sampled there and resized linearly to ``shape2`` if smaller. The field lives in anatomy space,
+    so T1w and T2w share it even on different grids. It is the sum of a 2 mm and an 8 mm random
+    field, both interpolated trilinearly; the 8 mm one is first resampled onto the 2 mm nodes
+    (same origin, so this is exact) and the sum is sampled once.
     """
     rng = np.random.default_rng(seed)
-    sub = anat[:, :, ::step, ::step]
     lo = sub.reshape(3, -1).min(axis=1) - 4
     hi = sub.reshape(3, -1).max(axis=1) + 4
-    vals = np.zeros(sub.shape[1:], np.float32)
-    for cell, sigma, amp in ((2.0, 0.8, 0.55), (8.0, 1.0, 0.2)):
+    fields = []
+    for cell, sigma in ((2.0, 0.8), (8.0, 1.0)):
         shape = tuple(int(x) for x in np.ceil((hi - lo) / cell) + 1)
         field = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
         field /= field.std() + 1e-6
-        coords = (sub.reshape(3, -1) - lo[:, None]) / cell
-        vals += amp * map_coordinates(field, coords, order=1, mode="nearest").reshape(sub.shape[1:])
-    if step > 1:
-        vals = upsample_linear(vals, anat.shape[2], anat.shape[3])
+        fields.append(field)
+    fine, coarse = fields
+    for axis, n in enumerate(fine.shape):
+        coarse = _lerp_axis(coarse, np.arange(n) / 4.0, axis)
+    both = np.float32(0.55) * fine + np.float32(0.2) * coarse
+    coords = (sub.reshape(3, -1) - lo[:, None]) / 2.0
+    vals = map_coordinates(both, coords, order=1, mode="nearest").reshape(sub.shape[1:])
+    if vals.shape[1:] != tuple(shape2):
+        vals = upsample_linear(vals, *shape2)
     return vals.astype(np.float32)
 
 
-def _interp_matrix(m: int, n: int) -> np.ndarray:
-    """(n, m) linear-interpolation weights from m samples to n (end points aligned)."""
-    x = np.arange(n) * ((m - 1) / max(n - 1, 1))
-    i0 = np.minimum(x.astype(np.int64), max(m - 2, 0))
-    f = (x - i0).astype(np.float32)
-    w = np.zeros((n, m), np.float32)
-    w[np.arange(n), i0] = 1 - f
-    if m > 1:
-        w[np.arange(n), i0 + 1] += f
-    return w
+def _lerp_axis(a: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` at positions ``x`` (index units, within
+    [0, m - 1]), float32."""
+    m = a.shape[axis]
+    if m == 1:
+        return np.repeat(a, x.size, axis=axis)
+    i0 = np.minimum(x.astype(np.int64), m - 2)
+    shape = [1] * a.ndim
+    shape[axis] = x.size
+    f = (x - i0).astype(np.float32).reshape(shape)
+    lo, hi = np.take(a, i0, axis=axis), np.take(a, i0 + 1, axis=axis)
+    lo *= 1 - f
+    hi *= f
+    lo += hi
+    return lo
 
 
 def upsample_linear(vals: np.ndarray, n1: int, n2: int) -> np.ndarray:
-    """Linear resize of the last two axes of (S, m1, m2) to (S, n1, n2) (two small matrix products)."""
-    w1, w2 = _interp_matrix(vals.shape[1], n1), _interp_matrix(vals.shape[2], n2)
-    return np.matmul(w1, np.matmul(vals.astype(np.float32), w2.T))
+    """Linear resize of the last two axes of (S, m1, m2) to (S, n1, n2), end points aligned."""
+    out = vals.astype(np.float32)
+    for axis, n in ((2, n2), (1, n1)):
+        m = out.shape[axis]
+        out = _lerp_axis(out, np.arange(n) * ((m - 1) / max(n - 1, 1)), axis)
+    return out
 
 
 def bias_field(shape: tuple[int, int, int], u_mm: np.ndarray, art: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -65,12 +81,13 @@ def bias_field(shape: tuple[int, int, int], u_mm: np.ndarray, art: dict[str, Any
     c = rng.normal(0, art["bias_strength"], 7).astype(np.float32)
     y, z = y[:, None], z[None, :]
     poly = c[0] * y + c[1] * z + c[2] * y * z + c[3] * z ** 2 + c[4] * y ** 2 + 0.5 * c[6] * np.sin(2 * z)
-    plane = np.exp(poly)[None] * np.exp(0.3 * c[5] * x)[:, None, None]
+    plane, rl = np.exp(poly), np.exp(0.3 * c[5] * x)
     out = u_mm + np.float32(60.0)
     np.maximum(out, 0, out=out)
     out *= np.float32(-1.0 / art["coil_falloff_mm"])
     np.exp(out, out=out)
-    out *= plane
+    for i in range(shape[0]):  # x the polynomial, slice by slice (no full-size temporary)
+        out[i] *= plane * rl[i]
     return out.astype(np.float32, copy=False)
 
 
@@ -168,18 +185,21 @@ def finish_image(base: np.ndarray, textured: np.ndarray, tex: np.ndarray, u_mm: 
     img += base
     np.maximum(img, 0, out=img)
     np.power(img, np.float32(gamma), out=img)
-    img *= bias_field(base.shape, u_mm, art, rng)
+    work = bias_field(base.shape, u_mm, art, rng)
+    img *= work
     if art["blur_vox"] > 0.05:
-        img = gaussian_filter(img, (0, art["blur_vox"], art["blur_vox"]))
+        gaussian_filter(img, (0, art["blur_vox"], art["blur_vox"]), output=work)
+        img, work = work, img
     img = _kspace_artifacts(img, art, rng)
     sigma = np.float32(art["noise"] * (_percentile(img, 99.5) + 1e-6) * 0.8)
-    n1 = rng.standard_normal(img.shape, dtype=np.float32)
-    n1 *= sigma
-    img += n1
-    n1 = rng.standard_normal(img.shape, dtype=np.float32)
-    n1 *= sigma
-    np.hypot(img, n1, out=img)
-    del n1
+    for last in (False, True):  # Rician noise: two Gaussian channels (``work`` reused as buffer)
+        rng.standard_normal(dtype=np.float32, out=work)
+        work *= sigma
+        if last:
+            np.hypot(img, work, out=img)
+        else:
+            img += work
+    del work
     img = _fov_effects(img, art)
     img *= np.float32(scale / (_percentile(img, 99.7) + 1e-6))
     np.rint(img, out=img)
@@ -189,14 +209,13 @@ def finish_image(base: np.ndarray, textured: np.ndarray, tex: np.ndarray, u_mm: 
 
 def to_nifti(arr: np.ndarray, affine: np.ndarray, codes: str, dtype: type) -> nib.Nifti1Image:
     """Canonical (RL, AP, SI) array + affine -> NIfTI in orientation ``codes`` (q/sform code 1)."""
-    img = nib.Nifti1Image(arr.astype(dtype), affine)
-    now = nib.orientations.io_orientation(affine)
-    want = nib.orientations.axcodes2ornt(tuple(codes))
-    out = img.as_reoriented(nib.orientations.ornt_transform(now, want))
-    data = np.ascontiguousarray(np.asanyarray(out.dataobj)).astype(dtype)
-    res = nib.Nifti1Image(data, out.affine)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt(tuple(codes)))
+    data = np.ascontiguousarray(nib.orientations.apply_orientation(arr.astype(dtype, copy=False), ornt))
+    out_aff = affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
+    res = nib.Nifti1Image(data, out_aff)
     res.header.set_data_dtype(dtype)
-    res.set_qform(out.affine, code=1)
-    res.set_sform(out.affine, code=1)
+    res.set_qform(out_aff, code=1)
+    res.set_sform(out_aff, code=1)
     res.header.set_xyzt_units("mm", "sec")
     return res

@@ -85,7 +85,7 @@ class Profiles:
 
     def idx(self, s: np.ndarray) -> np.ndarray:
         """Profile index of each s."""
-        return np.clip(((s - self.s0) / self.ds).astype(np.int32), 0, self.level.size - 1)
+        return np.clip(((s - self.s0) / self.ds).astype(np.intp), 0, self.level.size - 1)
 
 
 def _cord_profiles(p: CaseParams, ref: Reference, lev: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -152,51 +152,76 @@ def vertebral_bodies(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarra
     D = np.where(is_s, D * (1 - 0.7 * sac_frac), D)
     W = np.where(is_s, W * (1 - 0.5 * sac_frac), W)
     cu = front + D / 2
+    # every part below lies within |u - cu| < D / 2 + 1.2 and |v| < W + 1 (margins: float rounding)
+    sel = np.flatnonzero((np.abs(u - cu) < D / 2 + 1.3) & (np.abs(v) < W + 1.1))
+    if sel.size == 0:
+        return
+    ls = lab[sel]
+    _bodies_in_box(ls, s[sel], u[sel], v[sel], i[sel], nxt[sel], D[sel], W[sel], cu[sel], sac_frac[sel], lt)
+    lab[sel] = ls
+
+
+def _bodies_in_box(lab: np.ndarray, s, u, v, i, nxt, D, W, cu, sac_frac, lt: LevelTable) -> None:
+    """:func:`vertebral_bodies` on the points of their bounding box (``D``, ``W``: body depth and
+    half width, ``cu``: u of the body centre, mm). The superellipse powers are evaluated only on
+    the points that pass the cheaper tests of the same part."""
     du = (u - cu) / (D / 2)
     dv = v / W
-    cross = np.abs(du) ** 2.5 + np.abs(dv) ** 2.2
     concave = np.clip(1 - du ** 2 - dv ** 2, 0, 1) * 1.2
     d_top = s - lt.top[i]
     d_bot = lt.top[nxt] - s
     h_top = lt.disc_half[i] + concave * (lt.disc_half[i] > 0)
     h_bot = np.where(nxt != i, lt.disc_half[nxt] + concave * (lt.disc_half[nxt] > 0), -100.0)
-    mid = (lt.top[i] + h_top + lt.top[nxt] - h_bot) / 2
-    half = np.maximum((lt.top[nxt] - h_bot - lt.top[i] - h_top) / 2, 0.5)
-    sag = _superellipse((s - mid) / half, du, 8.0)
-    body = (cross < 1) & (sag < 1) & (d_top > h_top) & (d_bot > h_bot) & (i > 0)
-    inset = 1.3
-    cross_in = np.abs((u - cu) / (D / 2 - inset)) ** 2.5 + np.abs(v / (W - inset)) ** 2.2
-    sag_in = _superellipse((s - mid) / np.maximum(half - inset, 0.3), (u - cu) / (D / 2 - inset), 8.0)
-    lab[body] = T.CORTEX
-    lab[body & (cross_in < 1) & (sag_in < 1)] = T.MARROW
+    b = np.flatnonzero((d_top > h_top) & (d_bot > h_bot) & (i > 0))
+    b = b[np.abs(du[b]) ** 2.5 + np.abs(dv[b]) ** 2.2 < 1]
+    mid = (lt.top[i[b]] + h_top[b] + lt.top[nxt[b]] - h_bot[b]) / 2
+    half = np.maximum((lt.top[nxt[b]] - h_bot[b] - lt.top[i[b]] - h_top[b]) / 2, 0.5)
+    keep = _superellipse((s[b] - mid) / half, du[b], 8.0) < 1
+    b, mid, half = b[keep], mid[keep], half[keep]
+    lab[b] = T.CORTEX
+    inset, ub, vb = 1.3, u[b] - cu[b], v[b]
+    inner = np.abs(ub / (D[b] / 2 - inset)) ** 2.5 + np.abs(vb / (W[b] - inset)) ** 2.2 < 1
+    inner &= _superellipse((s[b] - mid) / np.maximum(half - inset, 0.3), ub / (D[b] / 2 - inset), 8.0) < 1
+    lab[b[inner]] = T.MARROW
     # discs: at the top of each segment, slightly bulging
-    in_disc = ((d_top <= h_top) & (lt.disc_half[i] > 0)) | ((d_bot <= h_bot) & (nxt != i))
-    hd = np.where(d_top <= h_top, lt.disc_half[i], lt.disc_half[nxt])
-    dd = np.where(d_top <= h_top, d_top, -d_bot)
-    disc = in_disc & (np.abs((u - cu) / (D / 2 + 1.2)) ** 2.5 + np.abs(v / (W + 1.0)) ** 2.2 < 1)
-    lab[disc] = T.ANNULUS
-    nuc = ((dd / (0.75 * hd + 0.3)) ** 2 + ((u - cu + 0.1 * D) / (0.33 * D)) ** 2 + (v / (0.55 * W)) ** 2) < 1
-    lab[disc & nuc & (hd > 1.2)] = T.NUCLEUS
+    d = np.flatnonzero(((d_top <= h_top) & (lt.disc_half[i] > 0)) | ((d_bot <= h_bot) & (nxt != i)))
+    d = d[np.abs((u[d] - cu[d]) / (D[d] / 2 + 1.2)) ** 2.5 + np.abs(v[d] / (W[d] + 1.0)) ** 2.2 < 1]
+    lab[d] = T.ANNULUS
+    upper = d_top[d] <= h_top[d]
+    hd = np.where(upper, lt.disc_half[i[d]], lt.disc_half[nxt[d]])
+    dd = np.where(upper, d_top[d], -d_bot[d])
+    nuc = ((dd / (0.75 * hd + 0.3)) ** 2 + ((u[d] - cu[d] + 0.1 * D[d]) / (0.33 * D[d])) ** 2
+           + (v[d] / (0.55 * W[d])) ** 2) < 1
+    lab[d[nuc & (hd > 1.2)]] = T.NUCLEUS
     # sacrum: rudimentary discs as thin dark lines
-    rud = is_s & (np.min(np.abs(sac_frac[:, None] - np.array([0.22, 0.42, 0.6, 0.76])[None]), axis=1) < 0.012)
-    lab[rud & body] = T.ANNULUS
+    sac = b[i[b] == NL - 1]
+    if sac.size:
+        rud = np.min(np.abs(sac_frac[sac, None] - np.array([0.22, 0.42, 0.6, 0.76])[None]), axis=1) < 0.012
+        lab[sac[rud]] = T.ANNULUS
 
 
 def atlas_axis(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray, lt: LevelTable,
                front: np.ndarray, back: np.ndarray) -> None:
     """Dens of C2 and the anterior / posterior arches of C1."""
     c1, c2 = lt.top[IDX["C1"]], lt.top[IDX["C2"]]
+    h1 = lt.height[IDX["C1"]]
+    lo = c1 + min(3.0, 0.45 * h1 - 5.0, 0.5 * h1 - 4.5) - 0.1  # s range of the parts below
+    hi = max(c2 + 2.0, c1 + 0.45 * h1 + 5.0, c1 + 0.5 * h1 + 4.5) + 0.1
+    sel = np.flatnonzero((s > lo) & (s < hi))
+    if sel.size == 0:
+        return
+    ls, s, u, v, front, back = lab[sel], s[sel], u[sel], v[sel], front[sel], back[sel]
     D2 = lt.depth[IDX["C2"]]
     dens_cu = front + 0.4 * D2
     dens = (s > c1 + 3.0) & (s < c2 + 2.0) & (((u - dens_cu) / 5.5) ** 2 + (v / 5.0) ** 2 < 1)
-    lab[dens] = T.CORTEX
-    lab[dens & (((u - dens_cu) / 4.2) ** 2 + (v / 3.8) ** 2 < 1) & (s > c1 + 4.2)] = T.MARROW
-    h1 = lt.height[IDX["C1"]]
+    ls[dens] = T.CORTEX
+    ls[dens & (((u - dens_cu) / 4.2) ** 2 + (v / 3.8) ** 2 < 1) & (s > c1 + 4.2)] = T.MARROW
     ant = (((s - c1 - 0.45 * h1) / 5.0) ** 2 + ((u - (front + 0.4 * D2 + 8.5)) / 3.6) ** 2 + (v / 14.0) ** 2) < 1
     post = (((s - c1 - 0.5 * h1) / 4.5) ** 2 + ((u - (back - 5.0)) / 4.0) ** 2 + (v / 25.0) ** 2) < 1
     for m in (ant, post):
-        lab[m] = T.CORTEX
-        lab[m & (np.abs(s - c1 - 0.47 * h1) < 2.5)] = T.MARROW
+        ls[m] = T.CORTEX
+        ls[m & (np.abs(s - c1 - 0.47 * h1) < 2.5)] = T.MARROW
+    lab[sel] = ls
 
 
 def posterior_elements(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray, lv: np.ndarray,
@@ -212,7 +237,8 @@ def posterior_elements(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndar
         ls = lab[sel]
         _laminae_spinous(ls, s[sel], u[sel], v[sel], i0[sel], lt, canal_back[sel], lateral[sel])
         lab[sel] = ls
-    sel = np.flatnonzero(((lateral > 0.5) & (lateral < 15)) | ((i0 == NL - 1) & (lateral < 25)))
+    sel = np.flatnonzero((((lateral > 0.5) & (lateral < 15)) | ((i0 == NL - 1) & (lateral < 25)))
+                         & (u > canal_back - 13) & (u < canal_front + 2))  # where any part can be
     if sel.size:
         ls = lab[sel]
         _pillars(ls, s[sel], u[sel], i0[sel], lt, canal_back[sel], canal_front[sel], lateral[sel])
@@ -222,27 +248,34 @@ def posterior_elements(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndar
 def _laminae_spinous(lab: np.ndarray, s, u, v, i0: np.ndarray, lt: LevelTable, canal_back, lateral) -> None:
     """Laminae, ligamenta flava and spinous processes of this level and the two above."""
     lam_t = 5.5
+    band = np.flatnonzero((u < canal_back) & (u > canal_back - lam_t) & (lateral < 7))  # lamina + flavum
+    mid = np.flatnonzero(np.abs(v) < 4.0)  # spinous processes
+    sb, ub, cbb, ib = s[band], u[band], canal_back[band], i0[band]
+    sm, um, vm, cbm, im = s[mid], u[mid], v[mid], canal_back[mid], i0[mid]
+    sin_cos = np.sin(lt.spin_angle), np.cos(lt.spin_angle)  # per level
     for back in (0, 1, 2):
-        i = np.clip(i0 - back, 1, NL - 2)
+        i = np.clip(ib - back, 1, NL - 2)
         top, h = lt.top[i], lt.height[i]
-        # lamina + flavum band
-        band = (u < canal_back) & (u > canal_back - lam_t) & (lateral < 7)
-        in_lam = band & (s > top + 0.3 * h) & (s < top + 1.02 * h)
+        in_lam = (sb > top + 0.3 * h) & (sb < top + 1.02 * h)
+        lb = lab[band]
         if back == 0:
-            lab[band & ~in_lam & (lab != T.CORTEX) & (lab != T.MARROW)] = T.LIGAMENT
-        lab[in_lam] = T.CORTEX
-        lab[in_lam & (u < canal_back - 1.2) & (u > canal_back - lam_t + 1.2)] = T.MARROW
+            lb[~in_lam & (lb != T.CORTEX) & (lb != T.MARROW)] = T.LIGAMENT
+        lb[in_lam] = T.CORTEX
+        lb[in_lam & (ub < cbb - 1.2) & (ub > cbb - lam_t + 1.2)] = T.MARROW
+        lab[band] = lb
         # spinous process: bar from the lamina, pointing posteriorly and inferiorly
-        ang = lt.spin_angle[i]
-        ps = s - (top + 0.72 * h)
-        pu = -(u - (canal_back - lam_t / 2))
-        along = ps * np.sin(ang) + pu * np.cos(ang)
-        perp = ps * np.cos(ang) - pu * np.sin(ang)
+        i = np.clip(im - back, 1, NL - 2)
+        top, h = lt.top[i], lt.height[i]
+        sin_a, cos_a = sin_cos[0][i], sin_cos[1][i]
+        ps = sm - (top + 0.72 * h)
+        pu = -(um - (cbm - lam_t / 2))
+        along = ps * sin_a + pu * cos_a
+        perp = ps * cos_a - pu * sin_a
         L, th = lt.spin_len[i], lt.spin_thick[i] * 0.5
         width = th * (1 - 0.35 * np.clip(along / L, 0, 1))
-        sp = (along > 0) & (along < L) & (np.abs(perp) < width) & (np.abs(v) < 4.0)
-        lab[sp] = T.CORTEX
-        lab[sp & (np.abs(perp) < width - 1.2) & (along < L - 1.5) & (np.abs(v) < 2.8)] = T.MARROW
+        sp = (along > 0) & (along < L) & (np.abs(perp) < width)
+        lab[mid[sp]] = T.CORTEX
+        lab[mid[sp & (np.abs(perp) < width - 1.2) & (along < L - 1.5) & (np.abs(vm) < 2.8)]] = T.MARROW
 
 
 def _pillars(lab: np.ndarray, s, u, i0: np.ndarray, lt: LevelTable, canal_back, canal_front, lateral) -> None:
@@ -286,14 +319,20 @@ def canal_contents(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray,
     ligament = bony & ~sac & (u > off + A) & (np.abs(v) < B * 0.7)
     lab[ligament] = T.LIGAMENT
     # cauda equina: thin roots in the dorsal sac below the conus
-    below = sac & (s > pr.s_conus - 15)
-    ang = np.arctan2(v, -(u - off))
-    rad = np.sqrt(((u - off) / np.maximum(A, 1e-3)) ** 2 + (v / np.maximum(B, 1e-3)) ** 2)
-    strands = (np.sin(ang * 11 + roots_phase + 0.02 * s) > 0.55) & (rad > 0.25) & (rad < 0.8) & (u < off + 0.3 * A)
-    lab[below & strands] = T.ROOT
-    filum = below & (np.abs(u - off + 0.1 * A) < 0.9) & (np.abs(v) < 0.9)
-    lab[filum] = T.ROOT
+    below = np.flatnonzero(sac & (s > pr.s_conus - 15))
+    if below.size:
+        _cauda(lab, below, s[below], u[below], v[below], off[below], A[below], B[below], roots_phase)
     cord = (u / np.maximum(a, 1e-3)) ** 2 + (v / np.maximum(b, 1e-3)) ** 2 < 1
     cord &= (a > 0.3) & (s > -12.0)
     lab[cord] = T.CORD
     return cord
+
+
+def _cauda(lab: np.ndarray, idx: np.ndarray, s, u, v, off, A, B, roots_phase: float) -> None:
+    """Cauda equina roots and filum at the sac points ``idx`` below the conus (``s, u, v``: theirs)."""
+    ang = np.arctan2(v, -(u - off))
+    rad = np.sqrt(((u - off) / np.maximum(A, 1e-3)) ** 2 + (v / np.maximum(B, 1e-3)) ** 2)
+    strands = (np.sin(ang * 11 + roots_phase + 0.02 * s) > 0.55) & (rad > 0.25) & (rad < 0.8) & (u < off + 0.3 * A)
+    lab[idx[strands]] = T.ROOT
+    filum = (np.abs(u - off + 0.1 * A) < 0.9) & (np.abs(v) < 0.9)
+    lab[idx[filum]] = T.ROOT

@@ -28,8 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     from . import timing
     from .cli import _parse_set
-    from .dataset import generate_case
+    from .dataset import generate_case, retain_freed_memory
 
+    retain_freed_memory()  # as the dataset workers
     seeds = list(range(args.n)) if args.n else list(args.seeds or DEFAULT_SEEDS)
     over = _parse_set(args.set)
     generate_case(seeds[0], **{**over, "render_scale": 0.3, "n_slices": 10})  # warm-up: imports, reference

@@ -47,8 +47,9 @@ def phantoms_parser() -> argparse.ArgumentParser:
 def main_phantoms(argv: Optional[Sequence[str]] = None) -> int:
     args = phantoms_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .dataset import split_seeds, write_dataset
+    from .dataset import retain_freed_memory, split_seeds, write_dataset
 
+    retain_freed_memory()  # a generator process: keep freed memory for the next arrays
     seeds = split_seeds(args.split, args.n, args.first_seed)
     t0 = time.perf_counter()
     rows = write_dataset(args.output, seeds, jobs=args.jobs, subjects=args.subject,
