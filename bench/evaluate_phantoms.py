@@ -3,6 +3,7 @@
 Usage (from the repository root, with ``pip install . ./training``)::
 
     python bench/evaluate_phantoms.py -n 20 -o runs/eval-test      # generate, segment, evaluate
+    python bench/evaluate_phantoms.py -n 24 -o runs/eval-1.0.0 --segmenter-version 1.0.0
 
 Writes the phantoms (BIDS), the predictions (with the cord mask and crop box) and the report
 (``report.md``, ``report_cases.csv``, ``report_summary.csv``) under the output folder, and prints
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("-o", type=Path, default=Path("runs/eval-test"), help="output folder")
     p.add_argument("-j", type=int, default=2, help="processes for phantom generation")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads")
+    p.add_argument("--segmenter-version", help="segmenter version from the registry (default: its default_version)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -32,14 +34,18 @@ def main(argv=None) -> int:
 
     from deepseg_imsct.evaluate_cli import main as evaluate
     from deepseg_imsct.inference import RuntimeOptions
-    from deepseg_imsct.pipeline import Predictor
+    from deepseg_imsct.pipeline import DEFAULT_TASK, Predictor
+    from deepseg_imsct.registry import load_registry
 
     data, preds = args.o / "phantoms", args.o / "predictions"
     seeds = split_seeds("test", args.n)
     missing = [s for s in seeds if not list(data.glob(f"sub-*{s}*/anat/*_T2w.nii.gz"))]
     if missing:
         write_dataset(data, missing, jobs=args.j)
-    predictor = Predictor(runtime=RuntimeOptions(threads=args.threads))
+    versions = None
+    if args.segmenter_version:
+        versions = {load_registry().task(DEFAULT_TASK).segmenter: args.segmenter_version}
+    predictor = Predictor(runtime=RuntimeOptions(threads=args.threads), versions=versions)
     seconds = []
     for t2 in tqdm(sorted(data.glob("sub-*/anat/*_T2w.nii.gz")), desc="segmenting", unit="case"):
         if (preds / t2.name.replace(".nii.gz", "_seg-tumor.nii.gz")).exists():
