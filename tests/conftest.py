@@ -11,6 +11,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 
+# No tqdm monitor thread in the test process: tests fork children (unprivileged.as_nobody), and a
+# lock held by another thread at a fork is never released in the child.
+import tqdm  # noqa: E402
+
+tqdm.tqdm.monitor_interval = 0
+
 
 def shared_data() -> Path:
     """The shared real data folder ($IMSCT_SHARED_DATA, else ../shared/data beside the repo)."""

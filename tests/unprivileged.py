@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -16,6 +18,7 @@ from typing import Callable, Iterator
 from deepseg_imsct.errors import DeepsegError
 
 NOBODY = 65534
+CHILD_TIMEOUT_S = 120.0
 
 
 def can_drop_privileges() -> bool:
@@ -45,6 +48,7 @@ def as_nobody(fn: Callable[[], str]) -> tuple[int, str]:
         os.close(read_end)
         code = 2
         try:
+            _fresh_locks()
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             os.write(write_end, fn().encode())
@@ -58,8 +62,22 @@ def as_nobody(fn: Callable[[], str]) -> tuple[int, str]:
             os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as fh:
+        if not select.select([fh], [], [], CHILD_TIMEOUT_S)[0]:  # a hung child fails the test, not the run
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the child running as 'nobody' gave no answer in {CHILD_TIMEOUT_S:.0f} s")
         text = fh.read().decode()
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
+
+
+def _fresh_locks() -> None:
+    """In a forked child: tqdm's lock may have been held by another thread of the parent at the
+    fork (its monitor thread), and would then never be released; give tqdm a new one."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 @contextlib.contextmanager
