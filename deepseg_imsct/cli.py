@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", nargs="+", metavar="FILE", help="input images: the T2w then the T1w (see -c)")
     p.add_argument("-c", nargs="+", metavar="CONTRAST", choices=["t2", "t1"], help="contrasts of the -i files, in their order (default: t2 t1)")
     p.add_argument("-o", metavar="FOLDER", help="output folder (default: the T2w's folder; created if missing)")
-    p.add_argument("-thr", nargs="+", metavar="P", help="binarization threshold(s), probabilities in [0, 1] (default from the model: 0.5)")
+    p.add_argument("-thr", nargs="+", metavar="P", help="binarization threshold(s), probabilities in [0, 1] (default: each class's value in the model's registry entry)")
     p.add_argument("-fill-holes", nargs="+", metavar="0|1", help="fill 3D holes, per class (default: 1)")
     p.add_argument("-remove-small", nargs="+", metavar="VOL", help="remove components smaller than VOL in cm3 (suffix cm3 or mm3 allowed; default tumor 0.2, edema 0.5, cavity 0.5, whole-tumor 0.2 cm3)")
     p.add_argument("-soft", action="store_true", help="write probabilities (float32) instead of binary masks; thresholds are then ignored")
