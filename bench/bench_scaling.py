@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = Predictor(runtime=RuntimeOptions(threads=args.threads))
     print(f"{args.repeat} runs per row after a warm-up (median s); threads={args.threads or 'default'}; "
-          f"load average at start {open('/proc/loadavg').read().split()[0] if sys.platform.startswith('linux') else 'n/a'}\n")
+          f"load average at start {os.getloadavg()[0]:.2f}\n")
     for name in args.only:
         {"fov": fov_table, "box": box_table, "cascade": cascade_table}[name](predictor, args.repeat)
     return 0

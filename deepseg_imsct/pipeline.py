@@ -83,12 +83,6 @@ def native_block(
     return resample(values, src, native.subgrid(start, size), order=order, fill=0), start
 
 
-def to_native(values: np.ndarray, src: Grid, native: Grid, order: int = 1) -> np.ndarray:
-    """Resample (C, *src.shape) ``values`` onto the whole of ``native`` (0 outside ``src``)."""
-    block, start = native_block(values, src, native, order)
-    return uncrop(block, start, native.shape)
-
-
 def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on
     ``native`` (Fortran order, as NIfTI stores them).

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -13,8 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # No tqdm monitor thread in the test process: tests fork children (unprivileged.as_nobody), and a
 # lock held by another thread at a fork is never released in the child.
-import tqdm  # noqa: E402
-
 tqdm.tqdm.monitor_interval = 0
 
 

@@ -159,7 +159,7 @@ def test_same_file_twice_is_refused(predictor, tmp_path):
 
 
 def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
-    from deepseg_imsct.grid import Grid, resample
+    from deepseg_imsct.grid import Grid
     from deepseg_imsct.io import Volume
     from deepseg_imsct.pipeline import looks_swapped
 
@@ -298,17 +298,26 @@ def _blobs(shape, spheres) -> np.ndarray:
     return prob
 
 
+def _to_native(values: np.ndarray, src, native, order: int = 1) -> np.ndarray:
+    """Reference: (C, *src.shape) ``values`` resampled onto the whole of ``native`` (0 outside ``src``)."""
+    from deepseg_imsct.grid import uncrop
+    from deepseg_imsct.pipeline import native_block
+
+    block, start = native_block(values, src, native, order)
+    return uncrop(block, start, native.shape)
+
+
 @pytest.mark.parametrize("rotate", [0.0, 25.0], ids=["separable", "general"])
 def test_resample_back_around_the_reach_box_equals_the_full_resample(rotate):
     """On an oblique T2w: restricted to the native voxels the threshold can reach, the
     probabilities equal the whole-grid resampling there, and the masks everywhere."""
     from deepseg_imsct.grid import crop, uncrop
-    from deepseg_imsct.pipeline import native_block, reach_box, to_native
+    from deepseg_imsct.pipeline import native_block, reach_box
 
     native = _oblique_native()
     grid = _crop_of(native, rotate)
     prob = _blobs(grid.shape, [((20, 25, 7), 5.0, 0.95), ((8, 10, 3), 2.0, 0.6), ((30, 40, 10), 3.0, 0.45)])
-    full = to_native(prob[None], grid, native)[0]
+    full = _to_native(prob[None], grid, native)[0]
     for threshold in (0.3, 0.5, 0.9, 0.99):
         box = reach_box(prob, threshold)
         block, start = native_block(prob, grid, native, box=box)
@@ -323,7 +332,7 @@ def test_resample_back_around_the_reach_box_equals_the_full_resample(rotate):
 def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
     """Hole filling and small-object removal on the reach block give the whole-grid result."""
     from deepseg_imsct.io import Volume
-    from deepseg_imsct.pipeline import class_images, to_native
+    from deepseg_imsct.pipeline import class_images
     from deepseg_imsct.postprocess import ClassPost, PostprocessConfig, postprocess
 
     native = _oblique_native()
@@ -337,7 +346,7 @@ def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
     timings: dict[str, float] = {}
     images = class_images(probs, grid, t2, tuple(post.classes), post, timings)
     assert set(timings) == {"resample_back", "postprocess"}
-    full = to_native(probs, grid, native)
+    full = _to_native(probs, grid, native)
     for i, name in enumerate(post.classes):
         expected = postprocess(full[i], post.classes[name], native.voxel_volume_mm3)
         got = np.asanyarray(images[name].dataobj)
@@ -351,7 +360,7 @@ def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
 
 def test_localization_masks_equal_their_whole_grid_definition():
     from deepseg_imsct.grid import working_grid
-    from deepseg_imsct.pipeline import localization_masks, to_native
+    from deepseg_imsct.pipeline import localization_masks
 
     native = _oblique_native()
     block = working_grid(native, (2.0, 2.0, 4.0))
@@ -359,7 +368,7 @@ def test_localization_masks_equal_their_whole_grid_definition():
     cord[5:20, 10:14, 2:4] = True
     crop_grid = _crop_of(native)
     cord_native, box_native = localization_masks(cord, block, crop_grid, native)
-    np.testing.assert_array_equal(cord_native, to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5)
-    np.testing.assert_array_equal(box_native, to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0)
+    np.testing.assert_array_equal(cord_native, _to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5)
+    np.testing.assert_array_equal(box_native, _to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0)
     assert cord_native.any() and box_native.any() and not box_native.all()
     assert not localization_masks(None, block, crop_grid, native)[0].any()

@@ -18,6 +18,7 @@ from imsct_train import data as D
 from imsct_train.export import export_onnx, parity, registry_entry, update_registry
 from imsct_train import train as T
 from imsct_train.train import CaseStore, Trainer, dice_loss
+from imsct_train.tune import ValCase, best_threshold, sweep
 from imsct_train.unet import Modified3DUNet, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
@@ -223,10 +224,8 @@ def test_case_cache_and_bids_roundtrip(tmp_path):
     np.testing.assert_allclose(D.segmenter_sample(bids, stage)[0], D.segmenter_sample(case, stage)[0], atol=1e-5)
 
 
-def _tuning_case(inside: float, shell: float) -> "ValCase":
+def _tuning_case(inside: float, shell: float) -> ValCase:
     """A 4 mm-radius ball of truth with probability ``inside`` and a 2-voxel shell at ``shell``."""
-    from imsct_train.tune import ValCase
-
     z, y, x = np.ogrid[:20, :20, :20]
     r = np.sqrt((z - 10.0) ** 2 + (y - 10.0) ** 2 + (x - 10.0) ** 2)
     truth = r <= 4
@@ -236,7 +235,6 @@ def _tuning_case(inside: float, shell: float) -> "ValCase":
 
 def test_threshold_tuning_finds_the_band_that_separates_truth_from_the_shell():
     from deepseg_imsct.postprocess import ClassPost
-    from imsct_train.tune import best_threshold, sweep
 
     rows = sweep([_tuning_case(0.6, 0.55)], "tumor", ClassPost(0.5, True, 0.0))
     by_t = {r["threshold"]: r["dice"] for r in rows}

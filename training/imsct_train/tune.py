@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -36,19 +36,18 @@ class ValCase:
 
 
 def _support_box(arrays: Sequence[np.ndarray]) -> tuple[slice, ...]:
-    """Bounding box (one voxel margin) of the voxels non-zero in any array; the whole array if none."""
-    nz = np.argwhere(np.logical_or.reduce([a > 0 for a in arrays]))
-    shape = arrays[0].shape
-    if not len(nz):
-        return tuple(slice(0, 1) for _ in shape)
-    lo, hi = np.maximum(nz.min(0) - 1, 0), np.minimum(nz.max(0) + 2, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    """Bounding box (one voxel margin) of the voxels non-zero in any array; one voxel if none."""
+    from deepseg_imsct.grid import bounding_box
+
+    start, size = bounding_box(np.logical_or.reduce([a > 0 for a in arrays]), margin=1)
+    return tuple(slice(a, a + max(n, 1)) for a, n in zip(start, size))
 
 
 def collect(predictor, seeds: Sequence[int]) -> list[ValCase]:
     """Generate each phantom in memory and keep the cascade's probabilities next to its labels."""
     from tqdm import tqdm
 
+    from deepseg_imsct.evaluate import voxel_volume_mm3
     from deepseg_imsct.postprocess import PostprocessConfig
 
     from .phantoms import generate_case
@@ -61,7 +60,7 @@ def collect(predictor, seeds: Sequence[int]) -> list[ValCase]:
         probs = {c: np.asarray(result.masks[c].dataobj, dtype=np.float32) for c in predictor.classes}
         truth = {c: np.asarray(case.labels[c].dataobj) > 0 for c in predictor.classes}
         box = _support_box([*probs.values(), *truth.values()])
-        voxel = float(abs(np.linalg.det(case.t2w.affine[:3, :3])))
+        voxel = voxel_volume_mm3(case.t2w.affine)
         cases.append(ValCase({c: p[box] for c, p in probs.items()}, {c: t[box] for c, t in truth.items()}, voxel))
     return cases
 
