@@ -19,7 +19,7 @@ from imsct_train.export import export_onnx, parity, registry_entry, update_regis
 from imsct_train import train as T
 from imsct_train.train import CaseStore, Trainer, dice_loss
 from imsct_train.tune import ValCase, best_threshold, sweep
-from imsct_train.unet import Modified3DUNet, count_parameters, inference_form
+from imsct_train.unet import Modified3DUNet, _SubpixelUp, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
 from deepseg_imsct.localize import box_for_mask, centred_block, model_input
@@ -97,6 +97,18 @@ def test_inference_form_computes_the_same_function():
         want, got = model(x), inference_form(model)(x)
     assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
     assert model.l3_up[2].__class__.__name__ == "Upsample", "the trained model is left as it was"
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 4, 3), (2, 3, 2, 7, 1)], ids=["odd", "flat"])
+def test_subpixel_upsampling_equals_nearest_upsampling_then_conv(shape):
+    torch.manual_seed(5)
+    conv = torch.nn.Conv3d(3, 2, 3, padding=1, bias=False)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        got = _SubpixelUp(conv)(x)
+    assert got.shape == want.shape == (shape[0], 2, 2 * shape[2], 2 * shape[3], 2 * shape[4])
+    assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
 
 
 def test_localizer_input_equals_runtime():

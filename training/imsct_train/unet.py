@@ -12,7 +12,8 @@ outputs with class 0 sliced off); the network predicts exactly ``n_classes`` sig
 
 :func:`inference_form` rewrites a trained network into an equivalent one that runs faster in
 ONNX Runtime (exported graphs use it): each nearest x2 upsampling followed by a 3x3x3
-convolution becomes one transposed convolution, and the remaining upsamplings become
+convolution is computed at the lower resolution (a transposed convolution on the two coarse
+levels, a sub-pixel convolution on the two fine ones), and the remaining upsamplings become
 reshapes, so no ``Resize`` node is left.
 """
 from __future__ import annotations
@@ -151,11 +152,42 @@ def _fold_upsample_conv(conv: nn.Conv3d) -> nn.ConvTranspose3d:
     return folded
 
 
+# Phase p (0, 1) of a x2 nearest upsampling followed by a 3-tap convolution, as a 3-tap convolution
+# of the coarse input: row = coarse offset (-1, 0, +1), column = fine tap (-1, 0, +1). Output 2m
+# reads coarse m-1 (tap -1) and m (taps 0, +1); output 2m+1 reads m (taps -1, 0) and m+1 (tap +1).
+_PHASE = torch.tensor([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+                       [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+
+
+class _SubpixelUp(nn.Module):
+    """Nearest x2 upsampling then ``conv`` (3x3x3, padding 1, no bias), computed at the coarse
+    resolution: one 3x3x3 convolution to 8 phase channels per output channel, then the phases
+    are interleaved one axis at a time by reshapes and transposes (cheaper in ONNX Runtime than a
+    transposed convolution's scatter on the fine levels; the weights grow 8x, so coarse levels
+    keep :func:`_fold_upsample_conv`)."""
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        self.out_channels = conv.out_channels
+        w = conv.weight.detach().double()  # (out, in, 3, 3, 3)
+        k = torch.einsum("pai,qbj,rck,oxijk->opqrxabc", _PHASE, _PHASE, _PHASE, w)  # (out, 2, 2, 2, in, 3, 3, 3)
+        self.conv = nn.Conv3d(conv.in_channels, 8 * conv.out_channels, 3, padding=1, bias=False)
+        self.conv.weight.data = k.reshape(8 * conv.out_channels, conv.in_channels, 3, 3, 3).to(conv.weight.dtype).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.out_channels  # conv channel o * 8 + 4 * phase_d + 2 * phase_h + phase_w
+        y = self.conv(x).unflatten(1, (4 * c, 2)).permute(0, 1, 3, 4, 5, 2).flatten(4)  # (N, 4c, D, H, 2W)
+        y = y.unflatten(1, (2 * c, 2)).permute(0, 1, 3, 4, 2, 5).flatten(3, 4)  # (N, 2c, D, 2H, 2W)
+        return y.unflatten(1, (c, 2)).permute(0, 1, 3, 2, 4, 5).flatten(2, 3)  # (N, c, 2D, 2H, 2W)
+
+
 def inference_form(model: Modified3DUNet) -> Modified3DUNet:
     """A copy of ``model`` (eval mode) that computes the same function with fewer operations."""
     fast = copy.deepcopy(model).cpu().eval()
-    for block in (fast.l0_up, fast.l1_up, fast.l2_up, fast.l3_up):  # IN, LReLU, Upsample, conv, ...
+    for block in (fast.l0_up, fast.l1_up):  # IN, LReLU, Upsample, conv, ...
         block[2], block[3] = nn.Identity(), _fold_upsample_conv(block[3])
+    for block in (fast.l2_up, fast.l3_up):
+        block[2], block[3] = nn.Identity(), _SubpixelUp(block[3])
     fast.up = _Upsample2()
     return fast
 
