@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python bench/bench_pipeline.py                 # paper-average volume, 5 runs after a warm-up
     python bench/bench_pipeline.py --size large    # 1024x1024x30 at 0.35x0.35x3 mm
     python bench/bench_pipeline.py --threads 2 --repeat 10
+    python bench/bench_pipeline.py --cold 5        # also the whole command, a fresh process per run
 
 Each configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
 is its own. The test volumes are made in another subprocess: Linux carries a process's peak
@@ -12,6 +13,10 @@ RSS over fork and exec, so a measuring child started by a parent that had genera
 phantom would report the parent's peak (2.3 GB on the large size), not its own. Test volumes
 come from the project's phantom generator (imsct_train.phantoms) when it is installed, else
 from a simple built-in analytic phantom of the same size.
+
+``--cold N`` also times the command as a user runs it: N fresh ``imsct_deepseg`` processes
+(after one untimed run that warms the file cache), each from interpreter start-up to the masks
+written (imports, model load, one case), with each process's own peak RSS (``os.wait4``).
 """
 from __future__ import annotations
 
@@ -108,6 +113,31 @@ def run_once(t2: Path, t1: Path, out: Path, threads: int, repeat: int) -> dict:
     return {"import_s": t_import, "model_load_s": t_models, "runs": runs, "peak_rss_mb": peak_mb, "ready_rss_mb": ready_mb}
 
 
+def run_command(t2: Path, t1: Path, out: Path, threads: int) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one fresh ``imsct_deepseg`` process on the case."""
+    code = "import sys; from deepseg_imsct.cli import main; sys.exit(main())"  # what the console script runs
+    cmd = [sys.executable, "-c", code, "-i", str(t2), str(t1), "-o", str(out), "-threads", str(threads), "-v", "0"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def cold_table(t2: Path, t1: Path, out: Path, threads: int, repeat: int) -> str:
+    run_command(t2, t1, out, threads)  # file cache, .pyc files
+    runs = [run_command(t2, t1, out, threads) for _ in range(repeat)]
+    seconds = [r[0] for r in runs]
+    return "\n".join([
+        f"### whole command, a fresh process per run ({repeat} runs after one untimed run)", "",
+        "| median s | min s | max s | peak RSS MB (max over runs) |", "|---|---|---|---|",
+        f"| {statistics.median(seconds):.3f} | {min(seconds):.3f} | {max(seconds):.3f} | {max(r[1] for r in runs):.0f} |",
+    ])
+
+
 def table(report: dict, label: str) -> str:
     runs = report["runs"]
     lines = [f"### {label}", "", "| stage | median s | min s |", "|---|---|---|"]
@@ -131,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="paper")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cold", type=int, default=0, metavar="N", help="also time N fresh imsct_deepseg processes (whole command)")
     p.add_argument("--child", nargs=3, metavar=("T2", "T1", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--make", metavar="FOLDER", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -148,9 +179,12 @@ def main(argv=None) -> int:
                "--repeat", str(args.repeat), "--threads", str(args.threads)]
         report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         source = (Path(tmp) / "phantom.txt").read_text()
+        cold = cold_table(t2, t1, Path(tmp) / "out-cold", args.threads, args.cold) if args.cold else ""
     matrix, slices, inplane, thickness = SIZES[args.size]
     print(table(report, f"{args.size}: {matrix}x{matrix}x{slices} voxels at {inplane}x{inplane}x{thickness} mm, "
                         f"threads={args.threads or 'default'}, {args.repeat} runs after a warm-up"))
+    if cold:
+        print("\n" + cold)
     print(f"phantom: {source}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
     return 0
 

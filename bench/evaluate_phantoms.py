@@ -4,6 +4,7 @@ Usage (from the repository root, with ``pip install . ./training``)::
 
     python bench/evaluate_phantoms.py -n 20 -o runs/eval-test      # generate, segment, evaluate
     python bench/evaluate_phantoms.py -n 24 -o runs/eval-1.0.0 --segmenter-version 1.0.0
+    python bench/evaluate_phantoms.py -n 24 -o runs/eval-loc-0.1.1 --localizer-version 0.1.1
 
 Writes the phantoms (BIDS), the predictions (with the cord mask and crop box) and the report
 (``report.md``, ``report_cases.csv``, ``report_summary.csv``) under the output folder, and prints
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("-j", type=int, default=2, help="processes for phantom generation")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads")
     p.add_argument("--segmenter-version", help="segmenter version from the registry (default: its default_version)")
+    p.add_argument("--localizer-version", help="localizer version from the registry (default: its default_version)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -42,9 +44,9 @@ def main(argv=None) -> int:
     missing = [s for s in seeds if not list(data.glob(f"sub-*{s}*/anat/*_T2w.nii.gz"))]
     if missing:
         write_dataset(data, missing, jobs=args.j)
-    versions = None
-    if args.segmenter_version:
-        versions = {load_registry().task(DEFAULT_TASK).segmenter: args.segmenter_version}
+    task = load_registry().task(DEFAULT_TASK)
+    pinned = ((task.localizer, args.localizer_version), (task.segmenter, args.segmenter_version))
+    versions = {name: version for name, version in pinned if version} or None
     predictor = Predictor(runtime=RuntimeOptions(threads=args.threads), versions=versions)
     seconds = []
     for t2 in tqdm(sorted(data.glob("sub-*/anat/*_T2w.nii.gz")), desc="segmenting", unit="case"):
