@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from skimage.measure import label
+
+from .postprocess import connected_components
 
 STRUCTURES: tuple[str, ...] = ("whole-tumor", "tumor", "cavity", "edema")
 CORD = "cord"
@@ -129,8 +130,7 @@ def relative_volume_difference(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Label 18-connected components (3D; full connectivity-2 in any dimension)."""
-    labels, count = label(mask, connectivity=min(2, mask.ndim), return_num=True)
-    return labels, int(count)
+    return connected_components(mask, connectivity=min(2, mask.ndim))
 
 
 def _objects_overlapping(labels: np.ndarray, count: int, other: np.ndarray, min_vox: int) -> int:

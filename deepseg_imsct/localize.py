@@ -13,6 +13,7 @@ import numpy as np
 
 from .grid import Grid, apply_affine, resample, working_grid
 from .inference import zscore
+from .postprocess import connected_components
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,7 @@ CORD_PIECE_FRACTION = 0.05
 def cord_components(mask: np.ndarray, min_voxels: int = 1, piece_fraction: float = CORD_PIECE_FRACTION) -> np.ndarray | None:
     """The largest 26-connected component of ``mask`` and every other one holding at least
     ``piece_fraction`` of its voxels, or None if the largest has fewer than ``min_voxels``."""
-    from skimage.measure import label  # deferred import: scikit-image is slow to import
-
-    labels, n = label(mask, connectivity=3, return_num=True)
+    labels, n = connected_components(mask, connectivity=3)
     if n == 0:
         return None
     counts = np.bincount(labels.ravel())

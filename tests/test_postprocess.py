@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepseg_imsct.grid import bounding_box, crop, uncrop
-from deepseg_imsct.postprocess import ClassPost, PostprocessConfig, binarize, fill_holes, postprocess, remove_small
+from deepseg_imsct.postprocess import (ClassPost, PostprocessConfig, binarize, connected_components, fill_holes, postprocess,
+                                      remove_small)
 from deepseg_imsct.registry import ClassDefaults
 
 
@@ -125,3 +126,31 @@ def test_fill_holes_on_empty_and_full_arrays():
     assert fill_holes(np.zeros((0, 3, 3), bool)).shape == (0, 3, 3)
     assert fill_holes(np.ones((3, 3, 3), bool)).all()
     assert not fill_holes(np.zeros((3, 3, 3), bool)).any()
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two label maps name the same components (a one-to-one map between their label values)."""
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist()))
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b)) and np.array_equal(a == 0, b == 0)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+def test_connected_components_match_skimage_label(connectivity, order):
+    from skimage.measure import label
+
+    mask = np.asarray(np.random.default_rng(connectivity).random((17, 13, 9)) < 0.15, order=order)
+    labels, count = connected_components(mask, connectivity)
+    want, want_count = label(mask, connectivity=connectivity, return_num=True)
+    assert count == want_count > 10
+    assert _same_partition(labels, want)
+
+
+def test_connected_components_fall_back_to_the_public_labeller(monkeypatch):
+    import sys
+
+    mask = np.random.default_rng(0).random((9, 8, 7)) < 0.4
+    fast = connected_components(mask, 2)
+    monkeypatch.setitem(sys.modules, "skimage.measure._ccomp", None)  # the import now raises ImportError
+    slow = connected_components(mask, 2)
+    assert slow[1] == fast[1] and _same_partition(slow[0], fast[0])
