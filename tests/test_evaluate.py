@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from deepseg_imsct import evaluate as ev
