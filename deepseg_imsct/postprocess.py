@@ -62,7 +62,7 @@ class PostprocessConfig:
 
 
 def connected_components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    """Label the True voxels of ``mask``: (labels, count), 0 = background, 1..count = components.
+    """Label the non-zero voxels of ``mask``: (labels, count), 0 = background, 1..count = components.
 
     ``connectivity``: neighbours within that many orthogonal hops (3D: 1 faces = 6-connected,
     2 edges = 18, 3 corners = 26), as in ``skimage.measure.label``. Calls the Cython labeller behind
@@ -73,7 +73,7 @@ def connected_components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarra
     try:
         from skimage.measure._ccomp import label_cython
 
-        labels, count = label_cython(mask.view(np.uint8), background=0, return_num=True, connectivity=connectivity)
+        labels, count = label_cython(np.asarray(mask, dtype=bool).view(np.uint8), background=0, return_num=True, connectivity=connectivity)
     except (ImportError, TypeError):
         from skimage.measure import label
 
