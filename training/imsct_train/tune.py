@@ -67,20 +67,15 @@ def collect(predictor, seeds: Sequence[int]) -> list[ValCase]:
 
 def sweep(cases: Sequence[ValCase], name: str, post, thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
     """One row per threshold: mean Dice, detection rate and false detection rate of class ``name``."""
-    from deepseg_imsct.evaluate import segmentation_metrics
+    from deepseg_imsct.evaluate import segmentation_metrics, summarize
     from deepseg_imsct.postprocess import postprocess
 
     rows = []
     for t in thresholds:
         metrics = [segmentation_metrics(postprocess(c.probs[name], replace(post, threshold=t), c.voxel_mm3) > 0,
                                         c.truth[name], c.voxel_mm3) for c in cases]
-        rows.append({"threshold": t, **{f: _nanmean([getattr(m, f) for m in metrics]) for f in ("dice", "tpr", "fdr")}})
+        rows.append({"threshold": t, **{f: summarize(getattr(m, f) for m in metrics).mean for f in ("dice", "tpr", "fdr")}})
     return rows
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def best_threshold(rows: Sequence[dict]) -> float:
