@@ -15,6 +15,15 @@ TUMOR_CENTRE_MM = (0.0, 0.0, 10.0)
 TUMOR_RADIUS_MM = 5.0
 
 
+def rotation(angle: float, axis: int) -> np.ndarray:
+    """4x4 affine turning by ``angle`` radians about scanner axis ``axis`` (0 x, 1 y, 2 z) through the origin."""
+    i, j = [k for k in range(3) if k != axis]
+    rot = np.eye(4)
+    rot[i, i] = rot[j, j] = np.cos(angle)
+    rot[i, j], rot[j, i] = -np.sin(angle), np.sin(angle)
+    return rot
+
+
 def sagittal_affine(axcodes: str = "PSR", zooms=(0.8, 0.8, 3.0), shape=(160, 200, 14), centre=(0.0, 0.0, 0.0)) -> np.ndarray:
     """An affine with voxel axes along ``axcodes``, voxel sizes ``zooms`` and the FOV centred on ``centre``."""
     ornt = nib.orientations.axcodes2ornt(tuple(axcodes))

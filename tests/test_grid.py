@@ -22,16 +22,14 @@ from deepseg_imsct.grid import (
     working_grid,
 )
 
+import synthetic
+
 AXCODES = ["RAS", "LPI", "PSR", "ASL", "SAR", "IRP"]
 
 
 def rotated(grid: Grid, angle: float, axis: int) -> Grid:
     """``grid`` turned by ``angle`` radians about scanner axis ``axis`` (through the origin)."""
-    i, j = [k for k in range(3) if k != axis]
-    rot = np.eye(4)
-    rot[i, i] = rot[j, j] = np.cos(angle)
-    rot[i, j], rot[j, i] = -np.sin(angle), np.sin(angle)
-    return Grid(grid.shape, rot @ grid.affine)
+    return Grid(grid.shape, synthetic.rotation(angle, axis) @ grid.affine)
 
 
 def grid_with(axcodes: str, zooms=(0.6, 0.7, 3.5), shape=(40, 30, 12), origin=(-10.0, 5.0, 20.0)) -> Grid:

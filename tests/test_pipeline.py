@@ -182,8 +182,7 @@ def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
 def test_oblique_acquisitions_keep_the_tumor_where_it_is(predictor, degrees):
     """A T2w/T1w pair acquired obliquely (rotated about R-L and A-P) on the same anatomy."""
     theta = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0, 0], [0, np.cos(theta), -np.sin(theta), 0], [0, np.sin(theta), np.cos(theta), 0], [0, 0, 0, 1]])
-    ry = np.array([[np.cos(theta / 2), 0, np.sin(theta / 2), 0], [0, 1, 0, 0], [-np.sin(theta / 2), 0, np.cos(theta / 2), 0], [0, 0, 0, 1]])
+    rx, ry = synthetic.rotation(theta, 0), synthetic.rotation(-theta / 2, 1)
     shape = (160, 200, 14)
     affine = ry @ rx @ synthetic.sagittal_affine("PSR", (0.8, 0.8, 3.0), shape)
     t2, t1 = synthetic.render(shape, affine, "t2"), synthetic.render(shape, affine, "t1", seed=1)
@@ -268,10 +267,7 @@ def _oblique_native(shape=(70, 60, 12), zooms=(0.7, 0.8, 3.0), degrees=17.0):
     """A PSR T2w grid tilted by ``degrees`` about the R-L axis."""
     from deepseg_imsct.grid import Grid
 
-    theta = np.deg2rad(degrees)
-    rot = np.eye(4)
-    rot[:3, :3] = [[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]]
-    return Grid(shape, rot @ synthetic.sagittal_affine("PSR", zooms, shape))
+    return Grid(shape, synthetic.rotation(np.deg2rad(degrees), 0) @ synthetic.sagittal_affine("PSR", zooms, shape))
 
 
 def _crop_of(native, rotate_degrees: float = 0.0):
@@ -281,10 +277,7 @@ def _crop_of(native, rotate_degrees: float = 0.0):
     work = working_grid(native, (1.0, 1.0, 2.0))
     crop = work.subgrid((4, -3, 2), (40, 50, 14))
     if rotate_degrees:
-        theta = np.deg2rad(rotate_degrees)
-        rot = np.eye(4)
-        rot[:3, :3] = [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
-        crop = Grid(crop.shape, rot @ crop.affine)
+        crop = Grid(crop.shape, synthetic.rotation(np.deg2rad(rotate_degrees), 2) @ crop.affine)
     return crop
 
 
