@@ -63,9 +63,8 @@ class OnnxModel:
             problem = f"input named {[i.name for i in inputs]}, registry says '{spec.input_name}'"
         else:
             shape_in, shape_out = inputs[0].shape, outputs[0].shape
-            spatial = ["any"] * 3 if spec.size_multiple else list(spec.patch_size)  # "any": a symbolic axis
-            expect_in = [None, len(spec.contrasts), *spatial]
-            expect_out = [None, len(spec.classes), *spatial]
+            expect_in = [None, len(spec.contrasts), *spec.patch_size]
+            expect_out = [None, len(spec.classes), *spec.patch_size]
             for got, want, what in ((shape_in, expect_in, "input"), (shape_out, expect_out, "output")):
                 if len(got) != 5 or any(isinstance(g, int) and w is not None and g != w for g, w in zip(got, want)):
                     problem = f"{what} shape {got}, registry expects {['N' if w is None else w for w in want]}"

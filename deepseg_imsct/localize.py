@@ -29,17 +29,10 @@ class Box:
         return grid.subgrid(self.start, self.size)
 
 
-def centred_block(grid: Grid, size: Sequence[int], multiple: Sequence[int] | None = None) -> Grid:
-    """The block centred on ``grid`` (cropping or zero-padding each axis), in voxels (S-I, A-P, R-L).
-
-    ``size`` voxels per axis; with ``multiple``, the field of view and a voxel of padding on each
-    side rounded up to a multiple of it instead, at most ``size`` (a graph that takes any multiple
-    then runs on less zero padding; the padding keeps the edges as the full block has them).
-    """
-    if multiple is not None:
-        size = [min(s, -(-(n + 2) // m) * m) for n, s, m in zip(grid.shape, size, multiple)]
+def centred_block(grid: Grid, size: Sequence[int]) -> Grid:
+    """The ``size`` block centred on ``grid`` (cropping or zero-padding each axis)."""
     start = tuple(int((n - s) // 2) for n, s in zip(grid.shape, size))
-    return grid.subgrid(start, tuple(int(s) for s in size))
+    return grid.subgrid(start, tuple(size))
 
 
 def model_input(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid) -> np.ndarray:

@@ -130,9 +130,8 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
 
 
 def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
-    """The localizer's single input block, centred on the scan's working grid: its patch, or the
-    field of view rounded up to the model's ``size_multiple`` (at most the patch)."""
-    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size, spec.size_multiple)
+    """The localizer's single input block: its patch, centred on the scan's working grid."""
+    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size)
 
 
 def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:

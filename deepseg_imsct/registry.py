@@ -35,9 +35,7 @@ class ModelSpec:
     """One version of one model, as the pipeline needs it.
 
     ``patch_size`` and ``stride`` are in working-grid voxels (SAR order). For a single-window
-    model (the localizer) ``stride == patch_size`` and the input is cropped/padded to it; if
-    ``size_multiple`` is set, its graph takes any spatial size that is a multiple of it and the
-    input is the field of view rounded up to that multiple, at most ``patch_size``.
+    model (the localizer) ``stride == patch_size`` and the input is cropped/padded to it.
     """
 
     name: str
@@ -54,7 +52,6 @@ class ModelSpec:
     normalization: str
     postprocessing: Mapping[str, ClassDefaults]
     safety_factor: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    size_multiple: tuple[int, int, int] | None = None
     input_name: str = "input"
     description: str = ""
     registry_dir: Path = field(default=REGISTRY_PATH.parent, compare=False)
@@ -177,7 +174,6 @@ def _parse_version(name: str, version: str, v: Mapping[str, Any], path: Path) ->
             normalization=str(v["normalization"]),
             postprocessing=defaults,
             safety_factor=_triple(v.get("safety_factor", (1, 1, 1)), float, "safety_factor"),
-            size_multiple=_triple(v["size_multiple"], int, "size_multiple") if "size_multiple" in v else None,
             input_name=str(v.get("input_name", "input")),
             description=str(v.get("description", "")),
             registry_dir=path.resolve().parent,

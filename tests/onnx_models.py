@@ -65,14 +65,13 @@ def write_registry(
     safety=(1.2, 1.2, 1.0),
     seg_post: dict | None = None,
     loc_min_volume_cm3: float = 0.0,
-    loc_multiple=None,
 ) -> Path:
     """A complete registry in ``folder`` with analytic localizer and segmenter files.
 
     Default segmenter: tumor = bright T1w, edema = bright T2w, cavity = bright T2w and dark
     T1w, whole = bright T1w or T2w (all as sigmoids of z-scored inputs)."""
     folder.mkdir(parents=True, exist_ok=True)
-    loc = pointwise_model(np.array([[gain]]), np.array([-gain * level]), None if loc_multiple else loc_patch, folder / "loc.onnx")
+    loc = pointwise_model(np.array([[gain]]), np.array([-gain * level]), loc_patch, folder / "loc.onnx")
     if seg_weights is None:
         seg_weights = gain * np.array([[0.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.5, 0.5]])
         seg_bias = -gain * np.array([level, level, level, level / 2])
@@ -91,8 +90,7 @@ def write_registry(
         "models": {
             "loc": {"default_version": "1.0", "versions": {"1.0": entry(
                 loc, contrasts=["t2"], spacing_mm=list(loc_spacing), patch_size=list(loc_patch), classes=["cord"],
-                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}},
-                **({"size_multiple": list(loc_multiple)} if loc_multiple else {}))}},
+                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}})}},
             "seg": {"default_version": "1.0", "versions": {"1.0": entry(
                 seg, contrasts=["t2", "t1"], spacing_mm=list(seg_spacing), patch_size=list(seg_patch),
                 stride=list(seg_stride), classes=CLASSES, safety_factor=list(safety),

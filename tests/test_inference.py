@@ -101,16 +101,6 @@ def test_onnx_model_runs_and_checks_its_graph(tmp_path: Path):
         OnnxModel(tmp_path / "junk.onnx", spec)
 
 
-def test_a_block_fitted_to_the_field_of_view_needs_a_graph_of_any_size(tmp_path: Path):
-    fixed = load_registry(write_registry(tmp_path / "fixed")).model("loc")
-    with pytest.raises(DeepsegError, match=r"loc\.onnx does not match .*input shape \[.*64, 64, 16\].*'any'"):
-        OnnxModel(tmp_path / "fixed" / "loc.onnx", dataclasses.replace(fixed, size_multiple=(16, 16, 16)))
-    spec = load_registry(write_registry(tmp_path / "any", loc_multiple=(16, 16, 16))).model("loc")
-    assert spec.size_multiple == (16, 16, 16)
-    model = OnnxModel(tmp_path / "any" / "loc.onnx", spec, RuntimeOptions(threads=1))
-    assert model(np.zeros((1, 1, 32, 48, 16), np.float32)).shape == (1, 1, 32, 48, 16)
-
-
 def test_a_model_output_of_the_wrong_shape_names_the_file(tmp_path: Path, monkeypatch):
     spec = load_registry(write_registry(tmp_path)).model("seg")
     model = OnnxModel(tmp_path / "seg.onnx", spec, RuntimeOptions(threads=1))

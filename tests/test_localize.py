@@ -85,17 +85,3 @@ def test_centred_block_crops_and_pads_symmetrically():
     grid = Grid((600, 200, 20), np.eye(4))
     block = centred_block(grid, (512, 256, 32))
     np.testing.assert_allclose(block.affine[:3, 3], [44, -28, -6])
-
-
-@pytest.mark.parametrize("shape, size, start", [
-    ((600, 200, 20), (512, 208, 32), (44, -4, -6)),  # field of view + 2 rounded up to 16s, at most the patch
-    ((30, 28, 13), (32, 32, 16), (-1, -2, -2)),  # a small scan: a small block, not 512x256x32
-    ((48, 46, 13), (64, 48, 16), (-8, -1, -2)),  # at least a voxel of padding on each side
-    ((512, 256, 32), (512, 256, 32), (0, 0, 0)),  # the patch: nothing cut, nothing added
-])
-def test_centred_block_fitted_to_the_field_of_view(shape, size, start):
-    grid = Grid(shape, np.diag([2.0, 2.0, 4.0, 1.0]))
-    block = centred_block(grid, (512, 256, 32), multiple=(16, 16, 16))
-    assert block.shape == size
-    np.testing.assert_array_equal(block.affine[:3, :3], grid.affine[:3, :3])
-    np.testing.assert_allclose(block.affine[:3, 3], np.multiply(start, [2.0, 2.0, 4.0]))  # start in mm

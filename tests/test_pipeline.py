@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepseg_imsct.errors import DeepsegError
-from deepseg_imsct.io import as_volume
 from deepseg_imsct.pipeline import Predictor
 from deepseg_imsct.registry import load_registry
 
@@ -56,25 +55,6 @@ def test_masks_are_on_the_t2w_grid_and_right_in_scanner_space(predictor, axcodes
     assert result.cord_found
     box = np.asanyarray(result.box.dataobj) > 0
     assert box[truth].all()  # the crop contains the lesion
-
-
-def test_a_localizer_block_fitted_to_the_field_of_view_gives_the_same_masks(predictor, tmp_path):
-    """Without spatial context (the analytic localizer) the block's padding cannot matter: the
-    fitted block (field of view and a voxel each side, rounded up to 16 voxels) must give the full
-    block's masks, edges included."""
-    from deepseg_imsct.pipeline import localizer_block
-
-    fitted = Predictor(registry=load_registry(write_registry(tmp_path, loc_multiple=(16, 16, 16))))
-    t2, t1, _ = synthetic.case(*ORIENTATIONS[0])  # 128 x 160 x 42 mm: 64 x 80 x 21 working voxels
-    spec = fitted.registry.model("loc")
-    assert localizer_block(as_volume(t2, "T2w").grid, spec).shape == (64, 64, 16)  # at most the patch
-    small = nib.Nifti1Image(np.asanyarray(t2.dataobj)[20:120, 30:150], t2.affine)  # 80 x 96 mm cut
-    assert localizer_block(as_volume(small, "T2w").grid, spec).shape == (64, 48, 16)  # 48 + 2 -> 64
-    for image in (t2, small):
-        want, got = predictor(image, t1), fitted(image, t1)
-        for name in (*want.masks, "cord", "box"):
-            a, b = (np.asanyarray((r.masks[name] if name in r.masks else getattr(r, name)).dataobj) for r in (want, got))
-            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_t1w_on_its_own_grid_gives_the_same_masks(predictor):

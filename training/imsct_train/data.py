@@ -174,36 +174,6 @@ class IntensityAug:
         return None if not d else cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-@dataclass(frozen=True)
-class FovCrop:
-    """A smaller field of view: the T2w (and its labels) cropped to a random box that holds a
-    random cord voxel, ``min_mm`` to the full extent per axis (real scans are often cropped)."""
-
-    probability: float = 0.5
-    min_mm: float = 40.0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> FovCrop | None:
-        return None if not d else cls(**d)
-
-
-def crop_fov(case: Case, aug: FovCrop, rng: np.random.Generator) -> Case:
-    """``case`` with its T2w and labels cut to a random :class:`FovCrop` box (native voxels);
-    unchanged with probability ``1 - aug.probability`` or without a cord label."""
-    cord = case.labels.get("cord")
-    if rng.random() >= aug.probability or cord is None or not cord.any():
-        return case
-    n = np.asarray(case.t2.shape)
-    idx = np.flatnonzero(cord)
-    centre = np.asarray(np.unravel_index(idx[int(rng.integers(idx.size))], cord.shape))
-    lo = np.minimum(n, np.ceil(aug.min_mm / case.t2_grid.zooms).astype(int))
-    size = np.array([int(rng.integers(a, b + 1)) for a, b in zip(lo, n)])
-    start = np.clip(centre - np.array([int(rng.integers(s)) for s in size]), 0, n - size)
-    sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
-    return Case(case.name, case.t2[sl], case.t2_grid.subgrid(tuple(start), tuple(size)),
-                {k: v[sl] for k, v in case.labels.items()}, case.t1, case.t1_grid, case.meta)
-
-
 def _rotation(angles_rad: np.ndarray) -> np.ndarray:
     out = np.eye(3)
     for axis, a in enumerate(angles_rad):
@@ -312,7 +282,6 @@ class StageConfig:
     patch_size: tuple[int, int, int]
     stride: tuple[int, int, int]
     safety_factor: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    size_multiple: tuple[int, int, int] | None = None  # localizer: block fitted to the field of view
     box_jitter_vox: tuple[int, int, int] = (0, 0, 0)  # segmenter: random shift of the crop box
     lesion_fraction: float = 0.0  # segmenter: share of patches centred on a lesion voxel
 
@@ -323,8 +292,8 @@ class StageConfig:
 
 
 def localizer_grid(case: Case, stage: StageConfig) -> Grid:
-    """The runtime localizer block on the T2w working grid (:func:`deepseg_imsct.pipeline.localizer_block`)."""
-    return centred_block(working_grid(case.t2_grid, stage.spacing_mm), stage.patch_size, stage.size_multiple)
+    """The runtime localizer block: the patch centred on the T2w working grid."""
+    return centred_block(working_grid(case.t2_grid, stage.spacing_mm), stage.patch_size)
 
 
 def segmenter_crop(case: Case, stage: StageConfig, rng: np.random.Generator | None = None) -> Grid:

@@ -1,8 +1,8 @@
 """ONNX export of a trained U-Net and its entry in the model registry.
 
 The graph maps ``input`` float32 (N, C, S, A, R) to ``output`` float32 (N, K, S, A, R) sigmoid
-probabilities; the batch axis is dynamic and the spatial axes are the patch size (dynamic too for a
-model with a ``size_multiple``). This module is the only writer of ``model_registry.json``.
+probabilities; the batch axis is dynamic and the spatial axes are the patch size. This module is
+the only writer of ``model_registry.json``.
 """
 from __future__ import annotations
 
@@ -32,12 +32,9 @@ def default_registry_path() -> Path:
     return REGISTRY_PATH
 
 
-def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, patch: Sequence[int],
-                dynamic_spatial: bool = False) -> Path:
-    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX opset 17 with a dynamic batch axis
-    (and dynamic spatial axes if ``dynamic_spatial``)."""
+def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, patch: Sequence[int]) -> Path:
+    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX opset 17 with a dynamic batch axis."""
     model = model.cpu().eval()
-    axes = {0: "batch", **({2: "S", 3: "A", 4: "R"} if dynamic_spatial else {})}
     dummy = torch.zeros((1, in_channels, *patch), dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -45,7 +42,7 @@ def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, patch: Seq
         warnings.simplefilter("ignore")  # tracer and legacy-exporter deprecation warnings
         torch.onnx.export(
             model, (dummy,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
-            output_names=["output"], dynamic_axes={"input": axes, "output": axes},
+            output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             do_constant_folding=True,
         )
     tmp.replace(path)
@@ -91,8 +88,6 @@ def registry_entry(cfg: Mapping[str, Any], file_name: str, sha256: str, size: in
         "input_name": "input",
         "description": e.get("description", ""),
     }
-    if g.get("size_multiple"):
-        entry["size_multiple"] = [int(v) for v in g["size_multiple"]]
     if "safety_factor" in g and cfg["stage"] == "segmenter":
         entry["safety_factor"] = [float(v) for v in g["safety_factor"]]
     return entry
@@ -123,13 +118,10 @@ def export_trained(model: torch.nn.Module, cfg: Mapping[str, Any], registry_path
     name, version = cfg["name"], str(cfg["version"])
     g = cfg["geometry"]
     file_name = f"{name}-{version}.onnx"
-    multiple = g.get("size_multiple")
-    path = export_onnx(inference_form(model), registry_path.parent / "models" / file_name, len(g["contrasts"]),
-                       g["patch_size"], dynamic_spatial=bool(multiple))
+    path = export_onnx(inference_form(model), registry_path.parent / "models" / file_name, len(g["contrasts"]), g["patch_size"])
     if check_parity:
-        rng = np.random.default_rng(0)
-        shapes = [g["patch_size"], *([[max(m, p - m) for p, m in zip(g["patch_size"], multiple)]] if multiple else [])]
-        diff = max(parity(model, path, rng.standard_normal((1, len(g["contrasts"]), *s)).astype(np.float32)) for s in shapes)
+        x = np.random.default_rng(0).standard_normal((1, len(g["contrasts"]), *g["patch_size"])).astype(np.float32)
+        diff = parity(model, path, x)
         log.info("torch vs ONNX Runtime max abs difference %.2e", diff)
         if diff >= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX export of {name} differs from torch by {diff:.2e} (>= {PARITY_TOLERANCE})")

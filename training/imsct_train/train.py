@@ -285,7 +285,6 @@ class Trainer:
         aug = cfg.get("augmentation", {})
         self.spatial = D.SpatialAug.from_dict(aug.get("spatial"))
         self.intensity = D.IntensityAug.from_dict(aug.get("intensity"))
-        self.fov_crop = D.FovCrop.from_dict(aug.get("fov_crop"))
         self.sample_fn = D.localizer_sample if cfg["stage"] == "localizer" else D.segmenter_sample
         self.model = build_model(cfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 1e-4)))
@@ -316,20 +315,9 @@ class Trainer:
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.seed, iteration])
         names = store.names
-
-        def draw() -> tuple[np.ndarray, np.ndarray]:  # case, optional smaller field of view, sample
-            case = store.get(names[int(rng.integers(len(names)))])
-            if self.fov_crop is not None:
-                case = D.crop_fov(case, self.fov_crop, rng)
-            return self.sample_fn(case, self.stage, rng, self.spatial, self.intensity)
-
-        pairs = [draw() for _ in range(int(self.cfg["training"]["batch_size"]))]
-        shape = np.max([p[0].shape for p in pairs], axis=0)[1:]  # blocks fitted to each field of view differ:
-
-        def pad(a: np.ndarray) -> np.ndarray:  # zeros (z-score mean, background) at the far ends
-            return np.pad(a, [(0, 0), *[(0, int(n - m)) for n, m in zip(shape, a.shape[1:])]])
-
-        return np.stack([pad(p[0]) for p in pairs]), np.stack([pad(p[1]) for p in pairs]), time.perf_counter() - t0
+        pairs = [self.sample_fn(store.get(names[int(rng.integers(len(names)))]), self.stage, rng, self.spatial, self.intensity)
+                 for _ in range(int(self.cfg["training"]["batch_size"]))]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), time.perf_counter() - t0
 
     def step(self, batch: tuple[np.ndarray, np.ndarray, float]) -> dict[str, float]:
         """One optimisation step on a :meth:`batch`; returns loss and timings."""
@@ -340,10 +328,10 @@ class Trainer:
         loss = compute_loss(self.model, x, y, t.get("loss", "dice"), t.get("amp", "none"))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t.get("grad_clip", "inf")))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))  # the norm; nothing clipped
         if torch.isfinite(norm):
             self.opt.step()
-        else:  # one bad batch must not turn every weight into NaN
+        else:  # bfloat16 on small blocks overflowed: one bad batch must not turn every weight into NaN
             log.warning("iteration %d: non-finite gradients, step skipped", self.state.iteration + 1)
         self.sched.step()
         self.state.iteration += 1
