@@ -36,7 +36,7 @@ SIZES = {  # name: (in-plane matrix, slices, in-plane mm, slice mm) of a sagitta
     "large": (1024, 30, 0.35, 3.0),
     "small": (256, 14, 0.8, 3.5),
 }
-STAGES = ["load", "localize", "crop", "segment", "resample_back", "postprocess", "write"]
+STAGES = ["load", "resample", "localize", "crop", "segment", "resample_back", "postprocess", "write"]
 
 
 def make_case(folder: Path, size: str, seed: int = 0) -> tuple[Path, Path]:

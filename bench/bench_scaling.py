@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-STAGES = ["localize", "crop", "segment", "resample_back", "postprocess"]
+STAGES = ["resample", "localize", "crop", "segment", "resample_back", "postprocess"]
 PAPER = dict(matrix=545, slices=20, inplane=0.6, thickness=3.68)
 
 

@@ -1,8 +1,9 @@
 """The cascade, end to end: T2w + T1w in, one mask per class out on the T2w's native grid.
 
-Data flows one way through :func:`segment`: load -> localize (stage 1) -> crop box ->
-segment (stage 2, sliding window) -> back to native -> post-process. :class:`Predictor` holds
-the two ONNX Runtime sessions, built once and reused for every case.
+Data flows one way through :func:`segment`: load -> resample (the T2w onto the localizer's
+block) -> localize (stage 1) -> crop box -> segment (stage 2, sliding window) -> back to native
+-> post-process. :class:`Predictor` holds the two ONNX Runtime sessions, built once and reused
+for every case.
 """
 from __future__ import annotations
 
@@ -152,10 +153,14 @@ def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -
     return cord_components(prob >= post.threshold, min_voxels), block
 
 
-def localize(t2: Volume, t1: Volume, model: OnnxModel) -> tuple[np.ndarray | None, Grid]:
-    """Stage 1 on the T2w, with a warning when the inputs look swapped or no cord is found."""
+def localize(t2: Volume, t1: Volume, model: OnnxModel, t2_block: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:
+    """Stage 1 on the T2w, with a warning when the inputs look swapped or no cord is found.
+
+    ``t2_block``: the T2w already resampled onto :func:`localizer_block` (NaN outside its field of view).
+    """
     block = localizer_block(t2.grid, model.spec)
-    t2_block = resample(t2.data, t2.grid, block, order=1, fill=np.nan)
+    if t2_block is None:
+        t2_block = resample(t2.data, t2.grid, block, order=1, fill=np.nan)
     cord, _ = find_cord(t2, model, t2_block)
     if cord is not None:
         if looks_swapped(t2, t1, cord, block, t2_block):
@@ -212,8 +217,10 @@ def segment(
     timings: dict[str, float] = {}
     spec: ModelSpec = segmenter.spec
     check_overlap(t2, t1)
+    with _timed(timings, "resample"):  # the T2w onto the localizer's block
+        t2_block = resample(t2.data, t2.grid, localizer_block(t2.grid, localizer.spec), order=1, fill=np.nan)
     with _timed(timings, "localize"):
-        cord, block = localize(t2, t1, localizer)
+        cord, block = localize(t2, t1, localizer, t2_block)
     with _timed(timings, "crop"):
         box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
         crop_grid = box.on(work)

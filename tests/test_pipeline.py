@@ -55,6 +55,7 @@ def test_masks_are_on_the_t2w_grid_and_right_in_scanner_space(predictor, axcodes
     assert result.cord_found
     box = np.asanyarray(result.box.dataobj) > 0
     assert box[truth].all()  # the crop contains the lesion
+    assert list(result.timings) == ["resample", "localize", "crop", "segment", "resample_back", "postprocess"]
 
 
 def test_t1w_on_its_own_grid_gives_the_same_masks(predictor):
