@@ -27,7 +27,8 @@ from .render import build_scene
 from .timing import stage
 
 LOG = logging.getLogger(__name__)
-GENERATOR_VERSION = "1.1"  # 1.1: faster rendering and image processing (same labels, images within ~1 %)
+GENERATOR_VERSION = "2.0"  # 2.0: cord T2w 0.25-0.6 of CSF, lesion T2w relative to the cord, edema-like
+# non-enhancing tumors, small polar cysts, 15 % healthy; 1.1: faster rendering (same labels as 1.0)
 LABEL_KEYS = ("tumor", "edema", "cavity", "whole-tumor", "cord")
 SPLITS: dict[str, tuple[int, int]] = {
     "train": (0, 100_000),

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 LOG = logging.getLogger(__name__)
+EDEMA_MAX, TUMOR_MAX = 0.95, 1.05  # caps on lesion T2w relative to CSF (lesion signals follow the cord)
+P_EDEMA_LIKE = 0.5  # share of non-enhancing tumors whose T2w ratio is drawn from the edema range
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Lesion:
     edema_above: float = 0.0
     edema_below: float = 0.0
     edema_radius: float = 0.85
-    edema_t2: float = 0.6  # relative to CSF T2 (cord ~0.35)
+    edema_t2: float = 1.5  # relative to the cord's T2 (generator 2; 1.x: relative to CSF)
 
     @property
     def s_top(self) -> float:
@@ -89,6 +91,13 @@ def _tumor_shape(kind: str, rng: np.random.Generator) -> dict[str, Any]:
                 cyst_fraction=0.0, swelling=u(0.05, 0.35))
 
 
+def _edema_like(shape: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Non-enhancing tumor that looks like edema (generator 2): T2w ratio and T1w of edema."""
+    if shape["enhancement"] == "none" and rng.random() < P_EDEMA_LIKE:
+        shape["t2_ratio"], shape["t1_ratio"] = rng.uniform(1.1, 2.0), rng.uniform(0.9, 1.0)
+    return shape
+
+
 def _cavity_and_edema(les: Lesion, want_cavity: bool, want_edema: bool, rng: np.random.Generator) -> None:
     """Attach a cavity (polar cysts / syrinx) and edema to a lesion (in place)."""
     u = rng.uniform
@@ -103,6 +112,9 @@ def _cavity_and_edema(les: Lesion, want_cavity: bool, want_edema: bool, rng: np.
         else:
             les.cavity_below = u(lo, hi)
         les.cavity_radius = u(0.45, 0.85) if long_syrinx else u(0.35, 0.75)
+        if not long_syrinx and rng.random() < 0.35:  # small polar cyst (< 0.5 cm3)
+            les.cavity_above, les.cavity_below = (min(v, u(3.0, 12.0)) if v else 0.0 for v in (les.cavity_above, les.cavity_below))
+            les.cavity_radius = u(0.3, 0.6)
         les.haustra = u(0.0, 0.4)
         les.cavity_low_signal = bool(rng.random() < 0.18)
         les.cavity_t2 = u(0.35, 0.6) if les.cavity_low_signal else u(0.85, 1.0)
@@ -110,7 +122,7 @@ def _cavity_and_edema(les: Lesion, want_cavity: bool, want_edema: bool, rng: np.
         les.edema_above = u(4.0, 60.0) if rng.random() < 0.85 else 0.0
         les.edema_below = u(4.0, 60.0) if (rng.random() < 0.85 or les.edema_above == 0) else 0.0
         les.edema_radius = u(0.6, 1.0)
-        les.edema_t2 = u(0.5, 0.75)
+        les.edema_t2 = u(1.1, 2.0)  # x cord T2: the faintest edema overlaps the brightest healthy cords
 
 
 def sample_lesions(rng: np.random.Generator, case: dict[str, Any], ref: Any, tops: dict[str, float]) -> list[Lesion]:
@@ -130,7 +142,7 @@ def sample_lesions(rng: np.random.Generator, case: dict[str, Any], ref: Any, top
         lo, hi = s_conus - 40.0, s_conus - 8.0
     lesions: list[Lesion] = []
     for k in range(case["n_lesions"]):
-        shape = _tumor_shape(case["tumor_type"], rng)
+        shape = _edema_like(_tumor_shape(case["tumor_type"], rng), rng)
         shape["length"] = float(min(shape["length"], 0.8 * (hi - lo) + 4.0))
         for _ in range(30):
             sc = rng.uniform(lo + shape["length"] / 2, max(hi - shape["length"] / 2, lo + shape["length"] / 2 + 1))
@@ -254,7 +266,7 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
             continue
         ss, rr, nz = s[sel], r[sel], noise[sel]
         w_e = _edema_weight(les, ss, rr) if les.edema_above + les.edema_below > 0 else np.zeros(sel.size)
-        e2 = cord2 + (les.edema_t2 * csf2 - cord2) * np.clip(w_e * 1.2 + 0.15 * nz, 0, 1)
+        e2 = cord2 + (min(les.edema_t2 * cord2, EDEMA_MAX * csf2) - cord2) * np.clip(w_e * 1.2 + 0.15 * nz, 0, 1)
         q_c = _cavity_level(les, ss, rr)
         q_t = _tumor_level(les, ss, un[sel], vn[sel])
         in_t, in_c = q_t < 1.0, (q_c < 1.0) & ~(q_t < 1.0)
@@ -264,7 +276,7 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
         tumor[sel] |= in_t
         # image: tumor signal blends over a margin beyond the label boundary (ill-defined types)
         wt = np.clip((1.0 + les.margin - q_t) / (2 * les.margin), 0, 1)
-        tum2 = cord2 * les.t2_ratio * (1 + 0.12 * nz)
+        tum2 = np.minimum(cord2 * les.t2_ratio, TUMOR_MAX * csf2) * (1 + 0.12 * nz)
         tum1 = _tumor_t1(les, q_t, nz, cord1, fat1)
         cyst = (les.cyst_fraction > 0) & (nz > 1 - 2 * les.cyst_fraction) & (q_t < 0.7)
         tum2 = np.where(cyst, csf2 * 0.9, tum2)

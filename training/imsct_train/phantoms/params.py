@@ -21,7 +21,7 @@ LOG = logging.getLogger(__name__)
 
 TUMOR_TYPES = ("astrocytoma", "ependymoma", "hemangioblastoma")
 TYPE_PROBS = (0.36, 0.39, 0.25)  # roughly the paper's mix
-P_HEALTHY = 0.10
+P_HEALTHY = 0.15  # generator 2 (1.x: 0.10): more healthy controls
 # presence of cavity / edema given the tumor type (over tumor cases: ~0.66 and ~0.50)
 P_CAVITY = {"astrocytoma": 0.55, "ependymoma": 0.70, "hemangioblastoma": 0.80}
 P_EDEMA = {"astrocytoma": 0.40, "ependymoma": 0.50, "hemangioblastoma": 0.65}

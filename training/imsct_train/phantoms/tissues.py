@@ -42,6 +42,7 @@ class T(IntEnum):
 
 
 N_TISSUES = len(T)
+CORD_T2_RANGE = (0.25, 0.6)  # healthy cord T2w relative to CSF (generator 2; 1.x: 0.25-0.45)
 
 # name: (T2w, T1w-Gd, texture amplitude)
 NOMINAL: dict[T, tuple[float, float, float]] = {
@@ -89,7 +90,9 @@ def tissue_tables(contrast: dict, rng: np.random.Generator) -> dict[str, np.ndar
     t2[T.CSF] = 1.0
     t1[T.FAT] = 1.0
     # keep the clinically meaningful orderings
-    t2[T.CORD] = np.clip(t2[T.CORD], 0.25, 0.45)
+    # generator 2: healthy cord over a wide range relative to CSF, so that absolute brightness does
+    # not separate healthy cord from edema or tumor (lesion signals are set relative to the cord)
+    t2[T.CORD] = rng.uniform(*CORD_T2_RANGE)
     t1[T.CSF] = np.clip(t1[T.CSF], 0.05, 0.5 * t1[T.CORD])
     t2[T.BRAINSTEM], t1[T.BRAINSTEM] = t2[T.CORD] * 0.98, t1[T.CORD]
     if contrast.get("t1_fatsat"):
