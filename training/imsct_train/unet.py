@@ -66,12 +66,28 @@ class _ContextLevel(nn.Module):
         return self.post(out)
 
 
-class Modified3DUNet(nn.Module):
-    """(N, in_channels, S, A, R) float32 -> (N, n_classes, S, A, R) sigmoid probabilities."""
+OUTPUTS = ("sigmoid", "exclusive")
 
-    def __init__(self, in_channels: int = 1, n_classes: int = 1, base_filters: int = 8, dropout: float = 0.3):
+
+class Modified3DUNet(nn.Module):
+    """(N, in_channels, S, A, R) float32 -> (N, n_classes, S, A, R) probabilities.
+
+    ``output="sigmoid"``: one independent sigmoid per class, deep supervision summed into the
+    output (ivadomed). ``output="exclusive"`` (segmenter 2): ``n_classes`` softmax logits over
+    background and the exclusive lesion classes, deep-supervision heads trained with their own
+    losses (:meth:`logits_ds`) and absent from the inference graph; :meth:`forward` returns the
+    runtime's probabilities: the lesion classes, then their union ``1 - p(background)``.
+    ``head_filters`` (default ``2 * base_filters``) sets the width of the last full-resolution conv.
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 1, base_filters: int = 8, dropout: float = 0.3,
+                 output: str = "sigmoid", head_filters: int | None = None):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+        self.output = output
         f = base_filters
+        h = head_filters or 2 * f
         self.lrelu = nn.LeakyReLU(LEAK)
         self.drop = nn.Dropout3d(dropout)
         # Level 1 context
@@ -95,8 +111,8 @@ class Modified3DUNet(nn.Module):
         self.l3_conv = _conv_norm_lrelu(4 * f, 4 * f)
         self.l3_1x1 = _conv(4 * f, 2 * f, k=1)
         self.l3_up = _up_block(2 * f, f)
-        self.l4_conv = _conv_norm_lrelu(2 * f, 2 * f)
-        self.l4_out = _conv(2 * f, n_classes, k=1)
+        self.l4_conv = _conv_norm_lrelu(2 * f, h)
+        self.l4_out = _conv(h, n_classes, k=1)
         # Deep supervision heads (1/4 and 1/2 resolution)
         self.ds2 = _conv(8 * f, n_classes, k=1)
         self.ds3 = _conv(4 * f, n_classes, k=1)
@@ -109,7 +125,14 @@ class Modified3DUNet(nn.Module):
         return self.lrelu(self.c1_norm(out)), context
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid output (N, n_classes, S, A, R); for losses that want logits."""
+        """Pre-activation output (N, n_classes, S, A, R); for losses that want logits."""
+        full, half, quarter = self.logits_ds(x)
+        if self.output == "exclusive":
+            return full
+        return full + self.up(self.up(quarter) + half)
+
+    def logits_ds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at full, 1/2 and 1/4 resolution (the deep-supervision heads)."""
         out, ctx1 = self._level1(x)
         ctx2 = self.c2(out)
         ctx3 = self.c3(ctx2)
@@ -121,10 +144,12 @@ class Modified3DUNet(nn.Module):
         ds3 = self.l3_conv(torch.cat([out, ctx2], dim=1))
         out = self.l3_up(self.l3_1x1(ds3))
         out = self.l4_out(self.l4_conv(torch.cat([ctx1, out], dim=1)))
-        deep = self.up(self.up(self.ds2(ds2)) + self.ds3(ds3))
-        return out + deep
+        return out, self.ds3(ds3), self.ds2(ds2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "exclusive":
+            p = torch.softmax(self.logits(x), dim=1)
+            return torch.cat([p[:, 1:], 1.0 - p[:, :1]], dim=1)
         return torch.sigmoid(self.logits(x))
 
 

@@ -1,0 +1,213 @@
+"""Pre-built segmenter crops: each case resampled and z-scored once, patches cut and augmented cheaply.
+
+A case's crop is the runtime's stage-2 box around its ground-truth cord (the registry geometry:
+:func:`deepseg_imsct.localize.box_for_mask`), widened by ``margin`` voxels on each side so that
+box jitter and patch rotations stay inside real data. Channels are resampled from the native
+grids and z-scored with the statistics of the runtime box itself (as
+:func:`deepseg_imsct.localize.model_input` does at run time), then stored as float16; labels
+are one exclusive class per voxel (0 background, 1 tumor, 2 edema, 3 cavity: the largest
+trilinear fraction) plus the cord bit (4). Each case is two ``.npy`` files read as memory maps:
+a sample costs a slice (or a small ``map_coordinates`` when rotated), not a resampling of the
+whole case. Arrays are (C, S, A, R) / (S, A, R), working-grid voxels.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from deepseg_imsct.grid import resample
+from deepseg_imsct.localize import Box, box_for_mask
+
+from .data import Case, StageConfig
+
+log = logging.getLogger(__name__)
+
+LESIONS = ("tumor", "edema", "cavity")  # exclusive classes 1, 2, 3 (0 = background)
+CORD_BIT = 4
+MARGIN = (16, 16, 4)  # voxels added on each side of the runtime box (S, A, R)
+MAX_INDEX_SAMPLES = 4000  # voxel indices kept per class and case for centred sampling
+
+
+def runtime_box(case: Case, stage: StageConfig):
+    """(box, working grid) of the runtime's stage-2 crop around the case's ground-truth cord."""
+    cord = case.labels["cord"] > 0
+    return box_for_mask(cord if cord.any() else None, case.label_grid, case.t2_grid, stage.spacing_mm,
+                        stage.safety_factor, stage.patch_size, stage.stride)
+
+
+def _zscore_with(raw: np.ndarray, inner: tuple[slice, ...]) -> np.ndarray:
+    """``raw`` z-scored with the finite statistics of ``raw[inner]`` (runtime: the box); NaN -> 0."""
+    vals = raw[inner][np.isfinite(raw[inner])]
+    mean = float(vals.mean(dtype=np.float64)) if vals.size else 0.0
+    std = float(vals.std(dtype=np.float64)) if vals.size else 0.0
+    out = (raw - np.float32(mean)) / np.float32(std if std > 1e-6 * max(1.0, abs(mean)) else 1.0)
+    out[~np.isfinite(out)] = 0.0
+    return out.astype(np.float32)
+
+
+def build_crop(case: Case, stage: StageConfig, margin: Sequence[int] = MARGIN) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(x float16 (C, S, A, R), y uint8 (S, A, R), meta) of one case; see the module docstring."""
+    box, work = runtime_box(case, stage)
+    m = np.asarray(margin)
+    outer = Box(tuple(int(v) for v in np.asarray(box.start) - m), tuple(int(v) for v in np.asarray(box.size) + 2 * m))
+    grid = outer.on(work)
+    inner = tuple(slice(int(a), int(a + n)) for a, n in zip(m, box.size))
+    x = np.stack([_zscore_with(resample(d, g, grid, order=1, fill=np.nan), inner) for d, g in case.images(stage.contrasts)])
+    frac = resample(np.stack([case.labels[c] for c in (*LESIONS, "cord")]).astype(np.float32), case.label_grid, grid, order=1, fill=0.0)
+    lesion = np.concatenate([1.0 - frac[:3].sum(0, keepdims=True), frac[:3]])
+    y = np.argmax(lesion, axis=0).astype(np.uint8) | (CORD_BIT * (frac[3] >= 0.5)).astype(np.uint8)
+    meta = {"name": case.name, "inner_start": [int(v) for v in m], "inner_size": [int(v) for v in box.size],
+            "healthy": bool(not (y & 3).any()), "voxels": {c: int(((y & 3) == k + 1).sum()) for k, c in enumerate(LESIONS)}}
+    return x.astype(np.float16), y, meta
+
+
+def save_crop(folder: Path, x: np.ndarray, y: np.ndarray, meta: dict) -> None:
+    """Write ``<name>.x.npy``, ``.y.npy`` and ``.json`` (json last: its presence marks a complete case)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = meta["name"]
+    for suffix, arr in ((".x.npy", x), (".y.npy", y)):
+        tmp = folder / f"{name}{suffix}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        tmp.replace(folder / f"{name}{suffix}")
+    tmp = folder / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
+    tmp.replace(folder / f"{name}.json")
+
+
+@dataclass
+class CropCase:
+    """One pre-built case: memory-mapped arrays and sampled voxel indices per category."""
+
+    name: str
+    x: np.ndarray  # (C, S, A, R) float16, memory map
+    y: np.ndarray  # (S, A, R) uint8, memory map
+    inner_start: tuple[int, int, int]
+    inner_size: tuple[int, int, int]
+    healthy: bool
+    centres: dict[str, np.ndarray]  # category -> (n, 3) int voxel indices
+
+    @classmethod
+    def load(cls, folder: Path, name: str, rng: np.random.Generator) -> CropCase:
+        meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        x = np.load(folder / f"{name}.x.npy", mmap_mode="r")
+        y = np.load(folder / f"{name}.y.npy", mmap_mode="r")
+        yy = np.asarray(y)
+        cls_ = yy & 3
+        cats = {c: cls_ == k + 1 for k, c in enumerate(LESIONS)}
+        cats["cord"] = ((yy & CORD_BIT) > 0) & (cls_ == 0)
+        centres = {}
+        for c, mask in cats.items():
+            idx = np.flatnonzero(mask)
+            if idx.size > MAX_INDEX_SAMPLES:
+                idx = rng.choice(idx, MAX_INDEX_SAMPLES, replace=False)
+            centres[c] = np.stack(np.unravel_index(idx, yy.shape), axis=1).astype(np.int32)
+        return cls(name, x, y, tuple(meta["inner_start"]), tuple(meta["inner_size"]), bool(meta["healthy"]), centres)
+
+
+def complete_cases(folder: Path) -> list[str]:
+    """Names of the complete cases in a crop folder, sorted."""
+    return sorted(p.name.removesuffix(".json") for p in Path(folder).glob("*.json") if not p.name.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------- patch augmentation
+@dataclass(frozen=True)
+class PatchAug:
+    """Per-patch augmentation (nnU-Net-like), applied to z-scored channels and class labels."""
+
+    p_spatial: float = 0.3
+    rotation_deg: tuple[float, float, float] = (5.0, 5.0, 15.0)  # about the S, A, R axes (R: in the sagittal plane)
+    scale: tuple[float, float] = (0.85, 1.2)
+    p_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_contrast: float = 0.3
+    contrast: tuple[float, float] = (0.7, 1.3)
+    p_brightness: float = 0.3
+    brightness: float = 0.25  # additive, in channel standard deviations
+    p_noise: float = 0.2
+    noise: float = 0.15
+    p_blur: float = 0.15
+    blur: tuple[float, float] = (0.5, 1.2)  # Gaussian sigma, voxels
+    p_lowres: float = 0.15
+    p_mirror: tuple[float, float, float] = (0.5, 0.0, 0.5)  # S-I, A-P, R-L
+
+
+def _rotation(angles_rad: np.ndarray) -> np.ndarray:
+    out = np.eye(3)
+    for axis, a in enumerate(angles_rad):
+        c, s = np.cos(a), np.sin(a)
+        i, j = [k for k in range(3) if k != axis]
+        r = np.eye(3)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        out = out @ r
+    return out
+
+
+def _slice_padded(arr: np.ndarray, start: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``arr[..., start:start+size]`` over the last three axes, zero outside ``arr``."""
+    shape = np.asarray(arr.shape[-3:])
+    lo, hi = np.maximum(start, 0), np.minimum(start + np.asarray(size), shape)
+    out = np.zeros((*arr.shape[:-3], *size), dtype=arr.dtype)
+    if np.all(hi > lo):
+        dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
+        out[(Ellipsis, *dst)] = arr[(Ellipsis, *(slice(int(a), int(b)) for a, b in zip(lo, hi)))]
+    return out
+
+
+def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing: Sequence[float],
+              aug: PatchAug | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 (C, *patch), y uint8 (*patch)) centred on voxel ``centre`` of the crop."""
+    patch_a = np.asarray(patch)
+    start = np.round(centre - patch_a / 2).astype(int)
+    if aug is None or rng.random() >= aug.p_spatial:
+        return _slice_padded(case.x, start, patch).astype(np.float32), _slice_padded(case.y, start, patch) & 3
+    d = np.asarray(spacing, dtype=float)
+    rot = _rotation(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
+    m = np.diag(1 / d) @ rot @ np.diag(rng.uniform(*aug.scale, 3)) @ np.diag(d)  # patch voxel -> crop voxel
+    grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in patch], indexing="ij")).reshape(3, -1)
+    coords = m @ grid + np.asarray(centre, dtype=float)[:, None]
+    lo = np.floor(coords.min(1)).astype(int) - 1
+    hi = np.ceil(coords.max(1)).astype(int) + 2
+    xs = _slice_padded(case.x, lo, hi - lo).astype(np.float32)
+    ys = _slice_padded(case.y, lo, hi - lo) & 3
+    local = coords - lo[:, None]
+    x = np.stack([ndimage.map_coordinates(c, local, order=1, mode="constant", cval=0.0).reshape(patch) for c in xs])
+    y = ndimage.map_coordinates(ys, local, order=0, mode="constant", cval=0).reshape(patch)
+    return x, y
+
+
+def augment_patch(x: np.ndarray, y: np.ndarray, aug: PatchAug, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity changes per channel, then mirroring; ``x`` (C, S, A, R) z-scored, ``y`` (S, A, R)."""
+    for c in range(x.shape[0]):
+        ch = x[c]
+        if rng.random() < aug.p_gamma:
+            lo, hi = float(ch.min()), float(ch.max())
+            if hi > lo:
+                mean, std = float(ch.mean()), float(ch.std())
+                g = np.exp(rng.uniform(np.log(aug.gamma[0]), np.log(aug.gamma[1])))
+                ch = ((ch - lo) / (hi - lo)) ** g
+                ch = (ch - ch.mean()) / max(float(ch.std()), 1e-6) * std + mean
+        if rng.random() < aug.p_contrast:
+            mean = float(ch.mean())
+            ch = (ch - mean) * rng.uniform(*aug.contrast) + mean
+        if rng.random() < aug.p_brightness:
+            ch = ch + rng.uniform(-aug.brightness, aug.brightness)
+        if rng.random() < aug.p_blur:
+            ch = ndimage.gaussian_filter(ch, rng.uniform(*aug.blur))
+        if rng.random() < aug.p_lowres:
+            f = rng.uniform(1.3, 2.0)
+            small = ndimage.zoom(ch, 1 / f, order=1)
+            ch = ndimage.zoom(small, np.asarray(ch.shape) / np.asarray(small.shape), order=1)[tuple(slice(0, n) for n in ch.shape)]
+        if rng.random() < aug.p_noise:
+            ch = ch + rng.normal(0, rng.uniform(0, aug.noise), ch.shape)
+        x[c] = ch
+    for axis, p in enumerate(aug.p_mirror):
+        if p and rng.random() < p:
+            x, y = np.flip(x, axis + 1), np.flip(y, axis)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
