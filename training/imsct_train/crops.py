@@ -170,8 +170,8 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
     d = np.asarray(spacing, dtype=float)
     rot = _rotation(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
     m = np.diag(1 / d) @ rot @ np.diag(rng.uniform(*aug.scale, 3)) @ np.diag(d)  # patch voxel -> crop voxel
-    grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in patch], indexing="ij")).reshape(3, -1)
-    coords = m @ grid + np.asarray(centre, dtype=float)[:, None]
+    grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in patch], indexing="ij")).reshape(3, -1)
+    coords = m @ grid + (start + patch_a / 2)[:, None]  # identity = the plain slice
     lo = np.floor(coords.min(1)).astype(int) - 1
     hi = np.ceil(coords.max(1)).astype(int) + 2
     xs = _slice_padded(case.x, lo, hi - lo).astype(np.float32)

@@ -1,0 +1,183 @@
+"""Segmenter 2 recipe: pre-built crops vs the runtime, patches, balanced batches, exclusive
+outputs, losses, export and a resumed campaign equal to an uninterrupted one."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+if importlib.util.find_spec("imsct_train") is None:  # not pip-installed: use the checkout's copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+
+from imsct_train import campaign as CP
+from imsct_train import crops as C
+from imsct_train.batches import BatchMaker
+from imsct_train.data import StageConfig
+from imsct_train.export import export_onnx, parity
+from imsct_train.losses import ce_dice_loss, choose_precision
+from imsct_train.unet import Modified3DUNet, inference_form
+
+from deepseg_imsct.localize import model_input
+from test_training import standin_case
+
+GEOMETRY = {"contrasts": ["t2", "t1"], "classes": ["tumor", "edema", "cavity", "whole-tumor"],
+            "spacing_mm": [1.0, 1.0, 2.0], "patch_size": [32, 16, 16], "stride": [16, 16, 16],
+            "safety_factor": [1.2, 1.2, 1.0]}
+STAGE = StageConfig.from_dict(GEOMETRY)
+MARGIN = (4, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def crop_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("crops")
+    for seed in (1, 2, 3):
+        C.save_crop(folder, *C.build_crop(standin_case(seed), STAGE, MARGIN))
+    return folder
+
+
+def test_crop_holds_the_runtime_input_and_exclusive_labels():
+    case = standin_case(1)
+    x, y, meta = C.build_crop(case, STAGE, MARGIN)
+    box, work = C.runtime_box(case, STAGE)
+    runtime = model_input(case.images(STAGE.contrasts), box.on(work))  # what the runtime feeds the net
+    inner = tuple(slice(a, a + n) for a, n in zip(meta["inner_start"], meta["inner_size"]))
+    assert x.dtype == np.float16 and tuple(meta["inner_size"]) == box.size
+    np.testing.assert_allclose(x[(slice(None), *inner)].astype(np.float32), runtime, atol=0.01, rtol=2e-3)
+    # a voxel more than half covered by a class carries that class (its share beats all others)
+    from deepseg_imsct.grid import resample
+
+    grid = box.on(work)
+    for k, name in enumerate(C.LESIONS, start=1):
+        frac = resample(case.labels[name].astype(np.float32), case.label_grid, grid, order=1, fill=0.0)
+        assert np.array_equal((y[inner] & 3)[frac > 0.5], np.full(int((frac > 0.5).sum()), k, np.uint8))
+        assert meta["voxels"][name] == int(((y & 3) == k).sum()) > 0
+    cord = resample(case.labels["cord"].astype(np.float32), case.label_grid, grid, order=1, fill=0.0) >= 0.5
+    assert np.array_equal((y[inner] & C.CORD_BIT) > 0, cord)
+
+
+def test_patch_cut_is_a_padded_slice_and_identity_warp_matches_it(crop_dir):
+    cc = C.CropCase.load(crop_dir, C.complete_cases(crop_dir)[0], np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    centre = np.array([3, 5, 2])  # near the corner: the patch runs off the crop and is zero-padded
+    x, y = C.cut_patch(cc, centre, (32, 16, 16), (1, 1, 2), None, rng)
+    start = np.round(centre - np.array([16, 8, 8])).astype(int)
+    assert x.shape == (2, 32, 16, 16) and (x[:, : -start[0]] == 0).all() and (y[: -start[0]] == 0).all()
+    np.testing.assert_array_equal(x[:, -start[0]:, -start[1]:, -start[2]:],
+                                  np.asarray(cc.x[:, : 32 + start[0], : 16 + start[1], : 16 + start[2]], np.float32))
+    identity = C.PatchAug(p_spatial=1.0, rotation_deg=(0.0, 0.0, 0.0), scale=(1.0, 1.0))
+    centre = np.array(cc.inner_start) + 10
+    xw, yw = C.cut_patch(cc, centre, (32, 16, 16), (1, 1, 2), identity, rng)
+    xs, ys = C.cut_patch(cc, centre, (32, 16, 16), (1, 1, 2), None, rng)
+    np.testing.assert_allclose(xw, xs, atol=1e-5)
+    np.testing.assert_array_equal(yw, ys)
+
+
+def test_batches_are_deterministic_and_follow_the_category_mix(crop_dir):
+    names = C.complete_cases(crop_dir)
+    probs = {"tumor": 0.5, "cavity": 0.25, "uniform": 0.25}
+    maker = BatchMaker(crop_dir, names, 7, 2, (32, 16, 16), (1.0, 1.0, 2.0), probs, None)
+    a, b = maker(5), maker(5)
+    assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"]) and a["categories"] == b["categories"]
+    assert not np.array_equal(maker(6)["x"], a["x"])
+    drawn = []
+    for i in range(150):
+        batch = maker(i)
+        for cat, y in zip(batch["categories"], batch["y"]):
+            if cat == "tumor":  # a centred patch always holds its class (jitter < half a patch, no warp)
+                assert (y == 1).any()
+            if cat == "cavity":
+                assert (y == 3).any()
+        drawn += batch["categories"]
+    share = drawn.count("tumor") / len(drawn)
+    assert 0.4 < share < 0.6, share
+
+
+def test_exclusive_network_outputs_the_union_as_whole_tumor():
+    torch.manual_seed(0)
+    net = Modified3DUNet(2, 4, 4, 0.0, output="exclusive", head_filters=4).eval()
+    with torch.no_grad():
+        p = net(torch.randn(2, 2, 32, 16, 16)).numpy()
+    assert p.shape == (2, 4, 32, 16, 16) and p.min() >= 0 and p.max() <= 1
+    np.testing.assert_allclose(p[:, 3], p[:, :3].sum(1), atol=1e-5)
+    masks = CP.exclusive_masks(p[0])
+    assert np.array_equal(masks[3], masks[:3].any(0)) and masks[:3].sum(0).max() <= 1
+    assert np.array_equal(masks[3], p[0, 3] >= 0.5)
+
+
+def test_exclusive_export_matches_torch(tmp_path):
+    torch.manual_seed(1)
+    net = Modified3DUNet(2, 4, 4, 0.0, output="exclusive", head_filters=4).eval()
+    path = export_onnx(inference_form(net), tmp_path / "seg.onnx", 2, (32, 16, 16))
+    x = np.random.default_rng(0).standard_normal((1, 2, 32, 16, 16)).astype(np.float32)
+    assert parity(net, path, x) < 1e-4
+
+
+def test_ce_dice_loss_known_answers():
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.int64)
+    target[0, :2] = 1  # 32 tumor voxels
+    target[0, 2, :2] = 2  # 8 edema
+    target[0, 3, :1] = 3  # 4 cavity
+    perfect = torch.nn.functional.one_hot(target, 4).movedim(-1, 1).float() * 40
+    assert ce_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(1, 4, 4, 4, 4)
+    dice = [2 * 0.25 * n / (0.25 * 64 + n) for n in (32, 8, 4)]
+    assert ce_dice_loss(uniform, target).item() == pytest.approx(math.log(4) + 1 - np.mean(dice), rel=1e-5)
+
+
+def test_precision_is_the_requested_one_unless_auto():
+    net = Modified3DUNet(2, 4, 4, 0.0, output="exclusive")
+    assert choose_precision(net, torch.zeros(1, 2, 16, 16, 16), torch.zeros(1, 16, 16, 16, dtype=torch.int64), "fp32") == "fp32"
+
+
+def _campaign_config(crops_dir: Path) -> dict:
+    return {"name": "t_seg", "version": "t", "stage": "segmenter", "seed": 5,
+            "model": {"base_filters": 4, "dropout": 0.0, "head_filters": 4}, "geometry": GEOMETRY,
+            "data": {"crops_dir": str(crops_dir)}, "sampling": {"tumor": 0.5, "uniform": 0.5},
+            "augmentation": {"p_spatial": 0.5},
+            "training": {"total_steps": 20, "warmup_steps": 2, "batch_size": 2, "lr": 1e-3, "amp": "fp32", "threads": 1,
+                         "data_workers": 0, "checkpoint_every": 1, "validate_every": 2}}
+
+
+def test_a_resumed_campaign_equals_an_uninterrupted_one(tmp_path, crop_dir):
+    cfg = _campaign_config(tmp_path / "crops")
+    for split in ("train", "val"):
+        folder = CP.crop_folder(cfg, split)
+        folder.mkdir(parents=True)
+        for f in crop_dir.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+    whole = CP.Campaign(cfg, tmp_path / "whole")
+    whole.run(stop_at=4)
+    first = CP.Campaign(cfg, tmp_path / "parts")
+    first.run(stop_at=2)
+    second = CP.Campaign(cfg, tmp_path / "parts")
+    second.resume()
+    assert second.state["iteration"] == 2
+    second.run(stop_at=4)
+    for (k, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "parts" / "best.pt").exists() and second.state["best_iteration"] in (2, 4)
+
+
+def test_generator_2_cord_brightness_range_and_lesions_relative_to_the_cord():
+    from imsct_train.phantoms.lesions import EDEMA_MAX, Lesion, render_lesions
+    from imsct_train.phantoms.tissues import CORD_T2_RANGE, T, tissue_tables
+
+    cords = [tissue_tables({"jitter_sd": 0.1}, np.random.default_rng(s))["t2"][T.CORD] for s in range(200)]
+    assert CORD_T2_RANGE[0] <= min(cords) and max(cords) <= CORD_T2_RANGE[1]
+    assert min(cords) < 0.3 and max(cords) > 0.55  # the whole range is used, not 1.x's 0.25-0.45
+    # edema at full weight: ratio x cord, capped at EDEMA_MAX x CSF
+    s = np.linspace(0, 60, 61)
+    zeros = np.zeros_like(s)
+    les = Lesion(kind="astrocytoma", s_center=10, length=6, radius=0.5, off_u=0, off_v=0, end_power=2,
+                 margin=0.05, irregular=0, edema_above=0, edema_below=40, edema_radius=1.0, edema_t2=1.8)
+    for cord2, expect in ((0.3, 0.54), (0.6, EDEMA_MAX)):
+        layer = render_lesions(s, zeros, zeros, [les], {"cord": (cord2, 0.5), "csf": (1.0, 0.1), "fat": (0.8, 1.0)}, zeros)
+        core = layer.edema & (s > 25) & (s < 40)
+        assert core.any()
+        np.testing.assert_allclose(layer.t2[core], expect, rtol=1e-5)
