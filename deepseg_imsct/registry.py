@@ -19,6 +19,12 @@ from .errors import DeepsegError
 REGISTRY_PATH = Path(__file__).resolve().parent / "model_registry.json"
 ENV_REGISTRY = "DEEPSEG_IMSCT_REGISTRY"  # path of another registry (custom models, tests)
 WORKING_AXES = "SAR"
+SCHEMA = 1  # the registry layout this version reads
+OUTPUTS = ("sigmoid", "exclusive")  # independent per-class sigmoids | softmax classes + their union (last class)
+# The model facts: what a graph was trained for, written into each ONNX file's metadata at export
+# (key METADATA_KEY, JSON) and checked against the registry entry when the file is loaded.
+FACTS = ("contrasts", "classes", "spacing_mm", "patch_size", "stride", "safety_factor", "normalization", "output", "input_name")
+METADATA_KEY = "deepseg_imsct.model_facts"
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,31 @@ class ModelSpec:
     safety_factor: tuple[float, float, float] = (1.0, 1.0, 1.0)
     input_name: str = "input"
     description: str = ""
+    output: str = "sigmoid"  # see OUTPUTS; "exclusive": the last class is the union of the others
     registry_dir: Path = field(default=REGISTRY_PATH.parent, compare=False)
 
     @property
     def key(self) -> str:
         return f"{self.name}-{self.version}"
+
+    def facts(self) -> dict[str, Any]:
+        """The model facts (:data:`FACTS`) as JSON-ready values."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in FACTS)}
+
+    def check_facts(self, metadata: Mapping[str, str], path: Path | str) -> None:
+        """Refuse a graph whose embedded facts differ from this entry (graphs without any pass)."""
+        raw = metadata.get(METADATA_KEY)
+        if raw is None:
+            return
+        try:
+            embedded = json.loads(raw)
+        except ValueError:
+            embedded = {}
+        mine = self.facts()
+        diff = sorted(k for k in FACTS if k in embedded and embedded[k] != mine[k]) or ([] if embedded else ["metadata"])
+        if diff:
+            raise DeepsegError(f"model file {path} was made for other settings than its registry entry {self.key} "
+                               f"({', '.join(diff)} differ): reinstall with -install, or fix the registry")
 
     def local_sources(self) -> list[Path]:
         """Sources that are files shipped with the registry (relative paths), resolved."""
@@ -106,7 +132,7 @@ class Registry:
             raise DeepsegError(
                 f"model '{name}' has no version '{version}' in {self.path}: available {', '.join(entry['versions'])}"
             )
-        return _parse_version(name, version, entry["versions"][version], self.path)
+        return parse_entry(name, version, entry["versions"][version], self.path)
 
     def _entry(self, model: str) -> Mapping[str, Any]:
         entry = self.models.get(model)
@@ -126,6 +152,10 @@ def load_registry(path: Path | str | None = None) -> Registry:
         raise DeepsegError(f"model registry not found: {path}: {fix}") from None
     except (OSError, ValueError) as exc:
         raise DeepsegError(f"model registry {path} is unreadable ({exc}): {fix}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise DeepsegError(f"model registry {path} has schema {schema!r}, this deepseg-imsct reads schema {SCHEMA}: "
+                           f"{'upgrade deepseg-imsct' if isinstance(schema, int) and schema > SCHEMA else fix}")
     try:
         tasks = {
             name: TaskSpec(
@@ -152,7 +182,9 @@ def _triple(value: Any, kind: type, what: str) -> tuple:
     return values
 
 
-def _parse_version(name: str, version: str, v: Mapping[str, Any], path: Path) -> ModelSpec:
+def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> ModelSpec:
+    """The typed spec of one registry version entry (:class:`DeepsegError` if malformed); the
+    runtime reads entries with it and training's export checks what it writes with it."""
     where = f"model '{name}' version '{version}' in {path}"
     try:
         classes = tuple(v["classes"])
@@ -176,6 +208,7 @@ def _parse_version(name: str, version: str, v: Mapping[str, Any], path: Path) ->
             safety_factor=_triple(v.get("safety_factor", (1, 1, 1)), float, "safety_factor"),
             input_name=str(v.get("input_name", "input")),
             description=str(v.get("description", "")),
+            output=str(v.get("output", "sigmoid")),
             registry_dir=path.resolve().parent,
         )
     except KeyError as exc:
@@ -184,6 +217,10 @@ def _parse_version(name: str, version: str, v: Mapping[str, Any], path: Path) ->
         raise DeepsegError(f"{where} has a malformed field ({exc}): fix the registry or reinstall deepseg-imsct") from None
     if len(spec.sha256) != 64 or not spec.sources or not spec.classes or not spec.contrasts:
         raise DeepsegError(f"{where} needs a 64-hex sha256, sources, classes and contrasts: fix the registry")
+    if spec.output not in OUTPUTS:
+        raise DeepsegError(f"{where} has output '{spec.output}', which this version cannot read: upgrade deepseg-imsct")
+    if spec.output == "exclusive" and spec.classes[-1] != "whole-tumor":
+        raise DeepsegError(f"{where}: an exclusive model's last class must be the union 'whole-tumor': fix the registry")
     if spec.normalization != "zscore":
         raise DeepsegError(f"{where} asks for normalization '{spec.normalization}', which this version cannot do: upgrade deepseg-imsct")
     return spec

@@ -3,6 +3,7 @@ outputs, losses, export and a resumed campaign equal to an uninterrupted one."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -181,3 +182,20 @@ def test_generator_2_cord_brightness_range_and_lesions_relative_to_the_cord():
         core = layer.edema & (s > 25) & (s < 40)
         assert core.any()
         np.testing.assert_allclose(layer.t2[core], expect, rtol=1e-5)
+
+
+def test_export_writes_an_exclusive_entry_whose_facts_are_in_the_graph(tmp_path):
+    import onnx
+
+    from deepseg_imsct.registry import METADATA_KEY, load_registry
+    from imsct_train.export import export_trained
+
+    reg = tmp_path / "model_registry.json"
+    reg.write_text('{"schema": 1, "tasks": {}, "models": {}}')
+    cfg = _campaign_config(tmp_path) | {"export": {"postprocessing": {c: {"threshold": 0.5} for c in GEOMETRY["classes"]}}}
+    cfg["model"]["output"] = "exclusive"
+    path = export_trained(CP.build_model(cfg).eval(), cfg, registry_path=reg)
+    spec = load_registry(reg).model("t_seg", "t")
+    assert spec.output == "exclusive" and spec.patch_size == (32, 16, 16)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta[METADATA_KEY]) == spec.facts()

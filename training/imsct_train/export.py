@@ -70,6 +70,22 @@ def file_digest(path: Path) -> tuple[str, int]:
     return h.hexdigest(), path.stat().st_size
 
 
+def embed_facts(path: Path, facts: Mapping[str, Any]) -> None:
+    """Write the model facts (``deepseg_imsct.registry.FACTS``) into the ONNX file's metadata, in place."""
+    import onnx
+
+    from deepseg_imsct.registry import METADATA_KEY
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(dict(facts), sort_keys=True))
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+
+
 def registry_entry(cfg: Mapping[str, Any], file_name: str, sha256: str, size: int) -> dict[str, Any]:
     """The ``versions[version]`` entry of a trained stage (geometry and defaults from ``cfg``)."""
     g, e = cfg["geometry"], cfg.get("export", {})
@@ -87,6 +103,7 @@ def registry_entry(cfg: Mapping[str, Any], file_name: str, sha256: str, size: in
         "postprocessing": dict(e["postprocessing"]),
         "input_name": "input",
         "description": e.get("description", ""),
+        "output": cfg.get("model", {}).get("output", "sigmoid"),
     }
     if "safety_factor" in g and cfg["stage"] == "segmenter":
         entry["safety_factor"] = [float(v) for v in g["safety_factor"]]
@@ -125,6 +142,10 @@ def export_trained(model: torch.nn.Module, cfg: Mapping[str, Any], registry_path
         log.info("torch vs ONNX Runtime max abs difference %.2e", diff)
         if diff >= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX export of {name} differs from torch by {diff:.2e} (>= {PARITY_TOLERANCE})")
+    from deepseg_imsct.registry import parse_entry
+
+    spec = parse_entry(name, version, registry_entry(cfg, file_name, "0" * 64, 1), registry_path)  # the runtime's reading
+    embed_facts(path, spec.facts())
     sha, size = file_digest(path)
     update_registry(registry_path, name, version, registry_entry(cfg, file_name, sha, size))
     return path
