@@ -65,16 +65,34 @@ def html_page(content_type: str = "text/html; charset=utf-8") -> Action:
     return send_bytes(b"<!DOCTYPE html>\n<html><body>Please log in</body></html>\n", content_type=content_type)
 
 
+def _headers_only(handler: BaseHTTPRequestHandler, announced: int) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(announced))
+    handler.end_headers()
+    handler.wfile.flush()
+
+
 def stall(seconds: float, announced: int = 1000) -> Action:
     """200 and headers, then silence for ``seconds`` (a read timeout), then close."""
 
     def act(handler: BaseHTTPRequestHandler, stop: threading.Event) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/octet-stream")
-        handler.send_header("Content-Length", str(announced))
-        handler.end_headers()
-        handler.wfile.flush()
+        _headers_only(handler, announced)
         stop.wait(seconds)
+
+    return act
+
+
+def trickle(interval_s: float, announced: int, byte: bytes = b"\x08") -> Action:
+    """200 and headers, then one byte every ``interval_s`` (never silent long enough to time out)."""
+
+    def act(handler: BaseHTTPRequestHandler, stop: threading.Event) -> None:
+        _headers_only(handler, announced)
+        for _ in range(announced):
+            if stop.wait(interval_s):
+                return
+            handler.wfile.write(byte)
+            handler.wfile.flush()
 
     return act
 

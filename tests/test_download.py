@@ -1,4 +1,9 @@
-"""Tests of deepseg_imsct.download against a real, misbehaving HTTP server on 127.0.0.1."""
+"""Tests of the model cache (deepseg_imsct.download) and the network half (deepseg_imsct.fetch).
+
+Real files, a real misbehaving HTTP server on 127.0.0.1 (tests/http_server.py) and real processes
+for the lock. Limits are made tiny so that the tests stay short, but no test asserts a duration:
+the machine may be busy.
+"""
 from __future__ import annotations
 
 import errno
@@ -7,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,15 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status
+from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status, trickle
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import download
+from deepseg_imsct import cli, download, fetch
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import ModelSpec
 
 PAYLOAD = b"\x08\x07\x12\x04onnx" + os.urandom(300_000)
 READ_TIMEOUT_S = 0.4
+TUNABLES = {fetch: ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "BACKOFF_S", "RATE_WINDOW_S", "WATCH_POLL_S"),
+            download: ("LOCK_POLL_S", "LOCK_WAIT_S")}
 
 
 def make_spec(payload: bytes = PAYLOAD, sources: tuple[str, ...] = (), registry_dir: Path | None = None,
@@ -35,29 +43,32 @@ def make_spec(payload: bytes = PAYLOAD, sources: tuple[str, ...] = (), registry_
     )
 
 
-def _tune(lock_method: str = "auto") -> None:
+def _tune() -> None:
     """Short timings for tests (also called in spawned children)."""
-    download.CONNECT_TIMEOUT_S = 2.0
-    download.READ_TIMEOUT_S = READ_TIMEOUT_S
-    download.BACKOFF_S = 0.01
+    fetch.CONNECT_TIMEOUT_S = 5.0
+    fetch.READ_TIMEOUT_S = READ_TIMEOUT_S
+    fetch.BACKOFF_S = 0.01
+    fetch.WATCH_POLL_S = 0.02
     download.LOCK_POLL_S = 0.02
-    download.LOCK_WAIT_S = 20.0
-    download.LOCK_METHOD = lock_method
+    download.LOCK_WAIT_S = 60.0
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(cache))
-    for name in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "BACKOFF_S", "LOCK_POLL_S", "LOCK_WAIT_S", "LOCK_METHOD"):
-        monkeypatch.setattr(download, name, getattr(download, name))  # restored after the test
+    monkeypatch.delenv(fetch.ENV_DEADLINE, raising=False)
+    monkeypatch.delenv(fetch.ENV_MIN_RATE, raising=False)
+    for module, names in TUNABLES.items():
+        for name in names:
+            monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     _tune()
     return cache
 
 
 @pytest.fixture
 def server():
-    with FlakyServer(lifetime_s=60) as srv:
+    with FlakyServer(lifetime_s=120) as srv:
         yield srv
 
 
@@ -66,7 +77,7 @@ def cached(spec: ModelSpec, home: Path) -> Path:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Files in a cache folder other than lock files (no model, no temp file may remain)."""
+    """Files in a cache folder other than lock files (no bad model, no temp file may remain)."""
     if not folder.exists():
         return []
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith((".flock", ".lock")))
@@ -75,6 +86,15 @@ def leftovers(folder: Path) -> list[str]:
 def age_file(path: Path, seconds: float = 3600) -> None:
     old = time.time_ns() - int(seconds * 1e9)
     os.utime(path, ns=(old, old))
+
+
+def tamper_in_place(path: Path) -> None:
+    """Change two bytes of ``path`` keeping its size, inode and timestamps."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        fh.write(b"\xff\xfe")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # ----------------------------------------------------------------------------- download paths
@@ -87,30 +107,55 @@ def test_download_then_cache_hit_without_request(server: FlakyServer, home: Path
     assert path.read_bytes() == PAYLOAD
     assert download.ensure_model(spec, progress=True) == path
     assert server.hits["/m.onnx"] == 1
-    assert leftovers(path.parent) == ["model.onnx", "model.onnx.verified.json"]
+    assert leftovers(path.parent) == ["model.onnx"]
 
 
-def test_stamp_skips_rehash_until_file_changes(server: FlakyServer, home: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_model_is_verified_by_content(server: FlakyServer, home: Path) -> None:
+    """Altered in place with size, inode and mtime restored: found by its sha256, then fetched again."""
     spec = make_spec(sources=(server.route("/m.onnx", send_bytes(PAYLOAD)),))
     path = download.ensure_model(spec, progress=False)
-    age_file(path)  # as on a later day: mtime well before the next stamp
-    download.ensure_model(spec, progress=False)  # re-hashes once (mtime changed), stamps
-    calls: list[Path] = []
-    real = download.sha256sum
-    monkeypatch.setattr(download, "sha256sum", lambda p: calls.append(Path(p)) or real(p))
+    age_file(path)  # as on a later day
+    tamper_in_place(path)
+    assert not download.is_installed(spec)
+    with pytest.raises(DeepsegError, match=rf"{path}: sha256 [0-9a-f]{{64}}, expected {spec.sha256}"):
+        download.ensure_model(spec, offline=True)
     assert download.ensure_model(spec, progress=False) == path
-    assert calls == []  # trusted stamp: no hashing
-    age_file(path, 7200)  # touched: the stamp no longer matches
-    assert download.ensure_model(spec, progress=False) == path
-    assert calls == [path]
-    assert server.hits["/m.onnx"] == 1
+    assert path.read_bytes() == PAYLOAD and server.hits["/m.onnx"] == 2
+    assert leftovers(path.parent) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_cached_file_is_fetched_again(server: FlakyServer, home: Path, damage: str) -> None:
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
+    path = download.ensure_model(spec, progress=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:100] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
+    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
+    assert server.hits["/a"] == 2
 
 
 def test_404_then_next_mirror(server: FlakyServer, home: Path) -> None:
     spec = make_spec(sources=(server.route("/a", status(404)), server.route("/b", send_bytes(PAYLOAD))))
     assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
     assert server.hits == {"/a": 1, "/b": 1}  # a 404 is not retried
+
+
+def test_mirrors_are_tried_in_order_and_stop_at_the_first_good_one(server: FlakyServer, home: Path) -> None:
+    other = PAYLOAD[::-1]
+    urls = (server.route("/wrong", send_bytes(other)), server.route("/html", html_page()),
+            server.route("/good", send_bytes(PAYLOAD)), server.route("/unused", send_bytes(PAYLOAD)))
+    order: list[str] = []
+    real = fetch._Transfer.__call__
+
+    def spy(self, url, output_file, pooch_):
+        order.append(url)
+        return real(self, url, output_file, pooch_)
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(fetch._Transfer, "__call__", spy)
+        assert download.ensure_model(make_spec(sources=urls), progress=False).read_bytes() == PAYLOAD
+    assert order == list(urls[:3])
+    assert server.hits == {"/wrong": 1, "/html": 1, "/good": 1}
 
 
 def test_500_then_success_retries(server: FlakyServer, home: Path) -> None:
@@ -124,11 +169,11 @@ def test_persistent_5xx_gives_up_after_attempts(server: FlakyServer, home: Path)
     with pytest.raises(DeepsegError, match="HTTP 503") as err:
         download.ensure_model(make_spec(sources=(url,)), progress=False)
     assert url in str(err.value) and "imsct_deepseg -install" in str(err.value)
-    assert server.hits["/a"] == download.ATTEMPTS
+    assert server.hits["/a"] == fetch.ATTEMPTS
 
 
 @pytest.mark.parametrize("action, reason", [
-    (send_bytes(PAYLOAD, cut=len(PAYLOAD) // 2), "IncompleteRead|truncated|Connection broken"),
+    (send_bytes(PAYLOAD, cut=len(PAYLOAD) // 2), "truncated|Connection broken"),
     (send_bytes(PAYLOAD[:-10], length=None), "truncated download"),  # no Content-Length, short body
     (send_bytes(PAYLOAD + b"x" * 10, length=None), "more than the expected"),  # no Content-Length, long body
     (send_bytes(PAYLOAD + b"x", chunk=4096), "announces"),  # wrong Content-Length
@@ -174,12 +219,10 @@ def test_server_down(home: Path) -> None:
 
 
 def test_read_timeout(server: FlakyServer, home: Path) -> None:
-    spec = make_spec(sources=(server.route("/a", stall(10.0, announced=len(PAYLOAD))),))
-    start = time.monotonic()
-    with pytest.raises(DeepsegError, match=r"timed out|no data"):
+    spec = make_spec(sources=(server.route("/a", stall(30.0, announced=len(PAYLOAD))),))
+    with pytest.raises(DeepsegError, match=rf"no data for {READ_TIMEOUT_S:g} s \(after {fetch.ATTEMPTS} attempts\)"):
         download.ensure_model(spec, progress=False)
-    assert time.monotonic() - start < download.ATTEMPTS * (READ_TIMEOUT_S + 0.5) + 1
-    assert server.hits["/a"] == download.ATTEMPTS
+    assert server.hits["/a"] == fetch.ATTEMPTS
 
 
 def test_redirects_are_followed(server: FlakyServer, home: Path) -> None:
@@ -200,6 +243,67 @@ def test_every_mirror_named_in_error(server: FlakyServer, home: Path) -> None:
     assert "\n" not in message
 
 
+# ----------------------------------------------------------------------------- deadline and minimum rate
+
+
+def test_trickling_server_hits_the_deadline(server: FlakyServer, home: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte at a time is never silent long enough for the read timeout: the deadline ends it,
+    and no later mirror is tried (the deadline is for the whole model)."""
+    fetch.READ_TIMEOUT_S = 60.0
+    monkeypatch.setenv(fetch.ENV_DEADLINE, "1")
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, "0")
+    urls = (server.route("/slow", trickle(0.02, len(PAYLOAD))), server.route("/later", send_bytes(PAYLOAD)))
+    spec = make_spec(sources=urls)
+    with pytest.raises(DeepsegError) as err:
+        download.ensure_model(spec, progress=False)
+    message = str(err.value)
+    assert f"{urls[0]}: not done within the download deadline of 1 s; to allow more set {fetch.ENV_DEADLINE}" in message
+    assert urls[1] not in message and server.hits["/later"] == 0
+    assert "\n" not in message
+    assert leftovers(cached(spec, home).parent) == []
+
+
+def test_slow_server_below_the_minimum_rate_then_next_mirror(server: FlakyServer, home: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fetch.READ_TIMEOUT_S = 60.0
+    fetch.RATE_WINDOW_S = 0.5
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, "100000")  # the trickle sends at most ~50 bytes/s
+    urls = (server.route("/slow", trickle(0.02, len(PAYLOAD))), server.route("/good", send_bytes(PAYLOAD)))
+    spec = make_spec(sources=urls)
+    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
+    assert server.hits == {"/slow": 1, "/good": 1}  # too slow is not retried: the next mirror is
+
+
+def test_below_the_minimum_rate_everywhere(server: FlakyServer, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fetch.READ_TIMEOUT_S = 60.0
+    fetch.RATE_WINDOW_S = 0.5
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, "100000")
+    url = server.route("/slow", trickle(0.02, len(PAYLOAD)))
+    spec = make_spec(sources=(url,))
+    with pytest.raises(DeepsegError, match=rf"{url}: slower than 100000 bytes/s over 0.5 s; to accept slower transfers "
+                                           rf"set {fetch.ENV_MIN_RATE}\."):
+        download.ensure_model(spec, progress=False)
+    assert leftovers(cached(spec, home).parent) == []
+
+
+@pytest.mark.parametrize("name", [fetch.ENV_DEADLINE, fetch.ENV_MIN_RATE])
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_bad_limit_setting_is_one_line(server: FlakyServer, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
+    with pytest.raises(DeepsegError, match=f"^{name} must be a number >= 0 \\(0 turns the limit off\\); got '{value}'$"):
+        download.ensure_model(spec, progress=False)
+    assert server.hits["/a"] == 0
+
+
+def test_limits_can_be_turned_off(server: FlakyServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fetch.ENV_DEADLINE, "0")
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, " 0 ")
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD, chunk=50_000, delay_s=0.05)),))
+    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
+
+
 # ----------------------------------------------------------------------------- local files
 
 
@@ -210,18 +314,16 @@ def _bundle(tmp_path: Path, data: bytes) -> Path:
     return registry_dir
 
 
-def test_bundled_source_used_in_place(server: FlakyServer, home: Path, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_source_used_in_place_and_verified_each_time(server: FlakyServer, home: Path, tmp_path: Path) -> None:
     registry_dir = _bundle(tmp_path, PAYLOAD)
     spec = make_spec(sources=("models/model.onnx", server.route("/a", send_bytes(PAYLOAD))), registry_dir=registry_dir)
     bundled = registry_dir / "models" / "model.onnx"
     assert download.ensure_model(spec, progress=False) == bundled
     assert server.hits["/a"] == 0
     assert not cached(spec, home).exists()  # no copy
-    age_file(bundled)
-    download.ensure_model(spec, progress=False)  # stamps the (now old) file
-    monkeypatch.setattr(download, "sha256sum", lambda p: pytest.fail(f"re-hashed {p}"))
-    assert download.ensure_model(spec, offline=True) == bundled  # trusted stamp
+    tamper_in_place(bundled)
+    assert download.ensure_model(spec, progress=False) == cached(spec, home)  # not trusted: downloaded
+    assert server.hits["/a"] == 1
 
 
 def test_is_installed(server: FlakyServer, home: Path, tmp_path: Path) -> None:
@@ -250,28 +352,6 @@ def test_git_lfs_pointer_is_explained(home: Path, tmp_path: Path) -> None:
         download.ensure_model(spec, progress=False)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_cached_file_is_fetched_again(server: FlakyServer, home: Path, damage: str) -> None:
-    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
-    path = download.ensure_model(spec, progress=False)
-    data = path.read_bytes()
-    path.write_bytes(data[:100] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
-    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
-    assert server.hits["/a"] == 2
-
-
-def test_change_within_timestamp_granularity_is_detected(server: FlakyServer, home: Path) -> None:
-    """A same-size change that keeps mtime (same clock tick) must not hide behind a fresh stamp."""
-    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
-    path = download.ensure_model(spec, progress=False)
-    st = path.stat()
-    with open(path, "r+b") as fh:  # same inode, same size
-        fh.write(b"\xff\xff")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
-    assert server.hits["/a"] == 2
-
-
 def test_offline_with_nothing_cached_names_the_import_command(server: FlakyServer, home: Path) -> None:
     url = server.route("/a", send_bytes(PAYLOAD))
     spec = make_spec(sources=(url,))
@@ -284,13 +364,102 @@ def test_offline_with_nothing_cached_names_the_import_command(server: FlakyServe
 
 
 def test_task_name_in_import_command(tmp_path: Path) -> None:
-    registry_dir = tmp_path / "reg"
-    registry_dir.mkdir()
-    (registry_dir / "model_registry.json").write_text(json.dumps({"tasks": {"seg_x": {
-        "description": "d", "contrasts": ["t2"], "localizer": "loc", "segmenter": "m"}}, "models": {}}))
-    with pytest.raises(DeepsegError, match="imsct_deepseg -install seg_x --from"):
-        download.ensure_model(make_spec(sources=("https://example.invalid/m",), registry_dir=registry_dir),
-                              offline=True)
+    from onnx_models import write_registry
+
+    registry_dir = write_registry(tmp_path / "reg").parent
+    spec = make_spec(sources=("https://example.invalid/m",), registry_dir=registry_dir, name="seg")
+    with pytest.raises(DeepsegError, match="imsct_deepseg -install seg_tumor-edema-cavity_t1-t2 --from"):
+        download.ensure_model(spec, offline=True)
+
+
+# ----------------------------------------------------------------------------- caches of earlier versions
+
+
+def _old_cache(home: Path, spec: ModelSpec, data: bytes) -> Path:
+    """The layout earlier versions wrote: the model, its .verified.json stamp, a .part of a killed
+    download, the flock file, and stamps of bundled files."""
+    folder = cached(spec, home).parent
+    folder.mkdir(parents=True)
+    path = folder / spec.file
+    path.write_bytes(data)
+    st = path.stat()
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+             "sha256": spec.sha256, "stamped_ns": st.st_mtime_ns + 10**10}
+    (folder / f"{spec.file}.verified.json").write_text(json.dumps(stamp))
+    (folder / f".{spec.file}.1234.abcd1234.part").write_bytes(data[:10])
+    (folder / f".{spec.file}.flock").touch()
+    (home / "stamps").mkdir()
+    (home / "stamps" / "0123.json").write_text("{}")
+    return path
+
+
+def test_old_cache_keeps_working(server: FlakyServer, home: Path) -> None:
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
+    path = _old_cache(home, spec, PAYLOAD)
+    assert download.ensure_model(spec, offline=True) == path
+    assert download.is_installed(spec)
+    download.clear_cache()
+    assert not (home / "models").exists() and not (home / "stamps").exists()
+
+
+def test_old_cache_with_a_stamp_that_lies_is_repaired_and_swept(server: FlakyServer, home: Path) -> None:
+    """A stamp matching size, inode and mtime does not vouch for a file altered in place."""
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
+    path = _old_cache(home, spec, PAYLOAD)
+    tamper_in_place(path)
+    assert not download.is_installed(spec)
+    assert download.ensure_model(spec, progress=False) == path
+    assert path.read_bytes() == PAYLOAD and server.hits["/a"] == 1
+    assert leftovers(path.parent) == ["model.onnx"]  # stamp and .part swept
+
+
+# ----------------------------------------------------------------------------- -install (the command)
+
+
+@pytest.fixture
+def task_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FlakyServer) -> dict[str, Path]:
+    """The analytic test registry with both models served only by ``server``: their cached paths."""
+    from onnx_models import write_registry
+
+    path = write_registry(tmp_path / "models")
+    data = json.loads(path.read_text())
+    paths = {}
+    for name, model in data["models"].items():
+        entry = model["versions"]["1.0"]
+        local = tmp_path / "models" / entry["sources"][0]
+        entry["sources"] = [server.route(f"/{name}.onnx", send_bytes(local.read_bytes()))]
+        local.rename(tmp_path / f"{name}.onnx")  # away from the registry: downloads only
+        paths[name] = tmp_path / "cache" / "models" / name / "1.0" / entry["file"]
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
+    return paths
+
+
+def test_install_repairs_a_model_altered_in_place(task_registry: dict[str, Path], server: FlakyServer,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["-install"]) == 0
+    assert server.hits == {"/loc.onnx": 1, "/seg.onnx": 1}
+    good = task_registry["seg"].read_bytes()
+    tamper_in_place(task_registry["seg"])
+    capsys.readouterr()
+    assert cli.main(["-install"]) == 0
+    assert f"discarding invalid cached {task_registry['seg']}" in capsys.readouterr().err
+    assert task_registry["seg"].read_bytes() == good
+    assert server.hits == {"/loc.onnx": 1, "/seg.onnx": 2}
+    assert cli.main(["-install"]) == 0  # nothing to do
+    assert server.hits == {"/loc.onnx": 1, "/seg.onnx": 2}
+
+
+def test_install_failure_is_one_line_and_exit_2(task_registry: dict[str, Path], server: FlakyServer,
+                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    fetch.READ_TIMEOUT_S = 60.0
+    monkeypatch.setenv(fetch.ENV_DEADLINE, "0.5")
+    server.route("/loc.onnx", trickle(0.02, 10**6))
+    capsys.readouterr()
+    assert cli.main(["-install", "-v", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imsct_deepseg:")]
+    assert len(err) == 1 and err[0].startswith("imsct_deepseg: error: cannot get model loc-1.0 (every download failed)")
+    assert "download deadline of 0.5 s" in err[0]
 
 
 # ----------------------------------------------------------------------------- import_model
@@ -306,7 +475,17 @@ def test_import_from_file_and_folder(home: Path, tmp_path: Path) -> None:
     download.clear_cache(spec)
     assert not cached(spec, home).exists()
     assert download.import_model(spec, source.parent).read_bytes() == PAYLOAD
-    assert leftovers(cached(spec, home).parent) == ["model.onnx", "model.onnx.verified.json"]
+    assert leftovers(cached(spec, home).parent) == ["model.onnx"]
+
+
+def test_import_repairs_a_bad_cached_copy(home: Path, tmp_path: Path) -> None:
+    spec = make_spec()
+    source = tmp_path / "model.onnx"
+    source.write_bytes(PAYLOAD)
+    path = download.import_model(spec, source)
+    tamper_in_place(path)
+    assert download.import_model(spec, source) == path and path.read_bytes() == PAYLOAD
+    assert download.import_model(spec, path) == path  # from the cache itself: nothing to do
 
 
 def test_import_from_copied_cache_folder(home: Path, tmp_path: Path) -> None:
@@ -409,8 +588,25 @@ def test_read_only_cache_with_verified_model_as_unprivileged_user(server: FlakyS
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
     path = download.ensure_model(spec, progress=False)  # as root
     code, text = as_nobody(lambda: str(download.ensure_model(spec, progress=False)))
-    assert (code, text) == (0, str(path))  # re-verified, stamp not writable: still fine
+    assert (code, text) == (0, str(path))
     assert server.hits["/a"] == 1
+
+
+def test_disk_full_while_downloading_leaves_nothing(server: FlakyServer, home: Path) -> None:
+    """A write error (here the file-size limit, EFBIG) during the download: one line, no temp file."""
+    resource = pytest.importorskip("resource")
+    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
+    cached(spec, home).parent.mkdir(parents=True)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(PAYLOAD) // 2, limits[1]))
+    try:
+        with pytest.raises(DeepsegError, match=r"cannot write into the model cache folder .* \(File too large\): free"):
+            download.ensure_model(spec, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert leftovers(cached(spec, home).parent) == []
 
 
 def test_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -421,44 +617,29 @@ def test_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert download.cache_dir() == tmp_path / "rel"
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX home layout")
-def test_cache_dir_platform_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout")
+def test_cache_dir_platform_default_is_the_earlier_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DEEPSEG_IMSCT_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setattr(sys, "platform", "linux")
     assert download.cache_dir() == tmp_path / "home" / ".cache" / "deepseg_imsct"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert download.cache_dir() == tmp_path / "xdg" / "deepseg_imsct"
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
-    assert download.cache_dir() == tmp_path / "home" / ".cache" / "deepseg_imsct"
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert download.cache_dir() == tmp_path / "home" / "Library" / "Caches" / "deepseg_imsct"
 
 
-def test_cache_dir_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("DEEPSEG_IMSCT_HOME")
-    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
-    monkeypatch.setattr(sys, "platform", "win32")
-    assert download.cache_dir() == tmp_path / "Local" / "deepseg_imsct"
-
-
-@pytest.mark.skipif(os.name != "posix", reason="POSIX home layout")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout")
 def test_cache_dir_falls_back_to_temp(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
                                       tmp_path: Path) -> None:
     monkeypatch.delenv("DEEPSEG_IMSCT_HOME")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setenv("HOME", "/")
-    with caplog.at_level(logging.WARNING, logger="deepseg_imsct.download"):
-        found = download.cache_dir()
-    assert found.parent == Path(download.tempfile.gettempdir()) and found.name.startswith("deepseg_imsct-")
-    assert "DEEPSEG_IMSCT_HOME" in caplog.text
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(download.os, "access", lambda path, mode: False)  # unwritable home
-    assert download.cache_dir().parent == Path(download.tempfile.gettempdir())
+    with caplog.at_level(logging.WARNING, logger="deepseg_imsct.download"):
+        found = download.cache_dir()
+    assert found.parent == Path(download.tempfile.gettempdir()) and found.name.startswith("deepseg_imsct-")
+    assert "DEEPSEG_IMSCT_HOME" in caplog.text
     (home / ".cache" / "deepseg_imsct").mkdir(parents=True)  # an existing (read-only) cache is still used
     assert download.cache_dir() == home / ".cache" / "deepseg_imsct"
 
@@ -484,79 +665,90 @@ def test_sha256sum(tmp_path: Path) -> None:
     assert download.sha256sum(path) == hashlib.sha256(PAYLOAD * 5).hexdigest()
 
 
-# ----------------------------------------------------------------------------- locking
+# ----------------------------------------------------------------------------- locking, real processes
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+HOLD_LOCK = """
+import sys, time, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
 
 
-@pytest.mark.parametrize("holder", ["dead_pid", "old_lock"])
-def test_stale_excl_lock_is_broken(server: FlakyServer, home: Path, holder: str) -> None:
-    download.LOCK_METHOD = "excl"
-    spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
-    folder = cached(spec, home).parent
-    folder.mkdir(parents=True)
-    lock = folder / ".model.onnx.lock"
-    pid = _dead_pid() if holder == "dead_pid" else os.getpid()
-    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "token": "x"}))
-    if holder == "old_lock":
-        age_file(lock, download.LOCK_STALE_S + 60)
-    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
-    assert not lock.exists()
-
-
-def test_live_excl_lock_times_out_with_clear_error(server: FlakyServer, home: Path) -> None:
-    download.LOCK_METHOD = "excl"
+def test_lock_held_by_another_process_times_out_with_clear_error(server: FlakyServer, home: Path) -> None:
     download.LOCK_WAIT_S = 0.3
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
     folder = cached(spec, home).parent
     folder.mkdir(parents=True)
-    lock = folder / ".model.onnx.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "x"}))
-    with pytest.raises(DeepsegError, match="another process") as err:
-        download.ensure_model(spec, progress=False)
-    assert str(lock) in str(err.value)
-    assert lock.exists() and server.hits["/a"] == 0
+    lock = folder / ".model.onnx.flock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DeepsegError, match="another process has been installing into") as err:
+            download.ensure_model(spec, progress=False)
+        assert str(lock) in str(err.value) and "\n" not in str(err.value)
+        assert server.hits["/a"] == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD  # the kernel released it
 
 
-def _child_ensure(spec: ModelSpec, home: str, lock_method: str, barrier, results) -> None:
+def _child_ensure(spec: ModelSpec, home: str, barrier, results) -> None:
     os.environ["DEEPSEG_IMSCT_HOME"] = home
-    _tune(lock_method)
-    barrier.wait(timeout=60)
+    _tune()
+    barrier.wait(timeout=120)
     try:
         results.put(("ok", str(download.ensure_model(spec, progress=False))))
     except BaseException as exc:  # reported to the parent, which fails the test
         results.put(("error", repr(exc)))
 
 
-@pytest.mark.parametrize("lock_method", [
-    pytest.param("flock", marks=pytest.mark.skipif(download.fcntl is None, reason="no fcntl")),
-    "excl",
-])
-def test_concurrent_processes_download_once(server: FlakyServer, home: Path, lock_method: str) -> None:
-    # ~1.2 s download: long enough for the other processes to find the lock held
+def test_concurrent_processes_download_once(server: FlakyServer, home: Path) -> None:
+    # a slow download: long enough for the other processes to find the lock held
     url = server.route("/slow", send_bytes(PAYLOAD, chunk=len(PAYLOAD) // 12 + 1, delay_s=0.1))
     spec = make_spec(sources=(url,))
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=_child_ensure, args=(spec, str(home), lock_method, barrier, results))
-             for _ in range(3)]
+    procs = [ctx.Process(target=_child_ensure, args=(spec, str(home), barrier, results)) for _ in range(3)]
     for proc in procs:
         proc.start()
     try:
-        outcomes = [results.get(timeout=60) for _ in procs]
+        outcomes = [results.get(timeout=120) for _ in procs]
     finally:
         for proc in procs:
-            proc.join(timeout=10)
+            proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
     assert outcomes == [("ok", str(cached(spec, home)))] * 3
     assert server.hits["/slow"] == 1
     assert cached(spec, home).read_bytes() == PAYLOAD
-    assert leftovers(cached(spec, home).parent) == ["model.onnx", "model.onnx.verified.json"]
+    assert leftovers(cached(spec, home).parent) == ["model.onnx"]
+
+
+def test_killed_installer_leaves_nothing_the_next_one_keeps(server: FlakyServer, home: Path) -> None:
+    """SIGKILL in the middle of a download: the lock dies with the process, its temp file is swept."""
+    url = server.route("/m.onnx", trickle(0.05, len(PAYLOAD)), send_bytes(PAYLOAD))
+    spec = make_spec(sources=(url,))
+    folder = cached(spec, home).parent
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(1), ctx.Queue()
+    proc = ctx.Process(target=_child_ensure, args=(spec, str(home), barrier, results))
+    fetch.READ_TIMEOUT_S = 60.0  # the child's read timeout comes from _tune: it must not finish first
+    proc.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (server.hits["/m.onnx"] and [p for p in folder.iterdir() if p.name.startswith("tmp")]):
+            assert time.monotonic() < deadline and proc.is_alive(), "the child never started its download"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.join(timeout=30)
+    assert [p.name for p in folder.iterdir() if p.name.startswith("tmp")]  # the killed run's temp file
+    assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
+    assert leftovers(folder) == ["model.onnx"]
 
 
 # ----------------------------------------------------------------------------- no network at all
@@ -589,9 +781,9 @@ def test_no_network_names_the_url_and_the_import_command(home: Path, monkeypatch
     with pytest.raises(DeepsegError) as err:
         download.ensure_model(spec, progress=False)
     message = str(err.value)
-    assert f"{url}: {reason} (after {download.ATTEMPTS} attempts)" in message
+    assert f"{url}: {reason} (after {fetch.ATTEMPTS} attempts)" in message
     assert "imsct_deepseg -install <task> --from" in message and str(cached(spec, home)) in message
-    assert len(calls) == download.ATTEMPTS
+    assert len(calls) == fetch.ATTEMPTS
     assert leftovers(cached(spec, home).parent) == []
 
 

@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from io import StringIO
@@ -27,11 +29,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import synthetic
-from http_server import FlakyServer, free_port, html_page, send_bytes, stall, status
+from http_server import FlakyServer, free_port, html_page, send_bytes, stall, status, trickle
 from onnx_models import write_registry
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cli, download, io, registry
+from deepseg_imsct import cli, download, fetch, io, registry
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 REASONS = "Download failure reasons"
@@ -82,9 +84,12 @@ class Env:
         self.base, self.mp, self.capsys = base, monkeypatch, capsys
         self.cache = base / "cache"
         monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(self.cache))
-        for name, value in (("BACKOFF_S", 0.01), ("READ_TIMEOUT_S", 0.3), ("CONNECT_TIMEOUT_S", 2.0),
-                            ("LOCK_POLL_S", 0.02), ("LOCK_WAIT_S", 0.3)):
-            monkeypatch.setattr(download, name, value)
+        for module, name, value in ((fetch, "BACKOFF_S", 0.01), (fetch, "READ_TIMEOUT_S", 0.3),
+                                    (fetch, "CONNECT_TIMEOUT_S", 2.0), (fetch, "WATCH_POLL_S", 0.02),
+                                    (download, "LOCK_POLL_S", 0.02), (download, "LOCK_WAIT_S", 0.3)):
+            monkeypatch.setattr(module, name, value)
+        for name in (fetch.ENV_DEADLINE, fetch.ENV_MIN_RATE):
+            monkeypatch.delenv(name, raising=False)
         self.registry()
 
     def registry(self, change: Callable[[dict], None] | None = None, **kwargs) -> Path:
@@ -419,66 +424,50 @@ def _(env, server):
 
 @trigger("Disk full while downloading a model")
 def _(env, server):
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc/self/fd to find the download's file")
-    env.remote(server, send_bytes((env.base / "models" / "loc.onnx").read_bytes()))
-    real = os.write
-
-    def full(fd: int, data) -> int:
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = ""
-        if target.endswith(".part"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data)
-    env.mp.setattr(download.os, "write", full)
-    return env.cli("-install")
+    resource = pytest.importorskip("resource")  # a real write error: the file-size limit (EFBIG)
+    data = (env.base / "models" / "loc.onnx").read_bytes()
+    env.remote(server, send_bytes(data))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(data) // 2, limits[1]))
+    try:
+        return env.cli("-install")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
 
 
-def _held_lock(env: Env) -> Path:
-    folder = env.cache / "models" / "loc" / "1.0"
-    folder.mkdir(parents=True)
-    return folder
+@trigger("Download limit setting not a number")
+def _(env, server):
+    env.remote(server, send_bytes(b""))
+    env.mp.setenv(fetch.ENV_DEADLINE, "soon")
+    out = env.cli("-install")
+    assert server.hits["/loc.onnx"] == 0
+    return out
 
 
 @trigger("Another process is installing (lock held)")
 def _(env, server):
-    fcntl = pytest.importorskip("fcntl")
     env.remote(server, send_bytes(b""))
-    env.mp.setattr(download, "LOCK_METHOD", "flock")
-    fd = os.open(_held_lock(env) / ".loc.onnx.flock", os.O_RDWR | os.O_CREAT, 0o644)
+    folder = env.cache / "models" / "loc" / "1.0"
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+                               "print('held', flush=True); time.sleep(120)", str(folder / ".loc.onnx.flock")],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: conflicts even in-process
+        assert holder.stdout.readline().strip() == "held"
         return env.cli("-install")
     finally:
-        os.close(fd)
-
-
-@trigger("Another process is installing (lock file, where flock is unavailable)")
-def _(env, server):
-    env.remote(server, send_bytes(b""))
-    env.mp.setattr(download, "LOCK_METHOD", "excl")
-    lock = _held_lock(env) / ".loc.onnx.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "x"}))
-    return env.cli("-install")
-
-
-@trigger("Stale lock file of a crashed run")
-def _(env, server):
-    env.remote(server, send_bytes((env.base / "models" / "loc.onnx").read_bytes()))
-    env.mp.setattr(download, "LOCK_METHOD", "excl")
-    lock = _held_lock(env) / ".loc.onnx.lock"
-    lock.write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname(), "token": "x"}))  # > pid_max
-    return env.cli("-install", code=0)
+        holder.kill()
+        holder.wait()
 
 
 @trigger("No writable per-user cache folder")
 def _(env):
     for name in ("DEEPSEG_IMSCT_HOME", "XDG_CACHE_HOME", "LOCALAPPDATA"):
         env.mp.delenv(name, raising=False)
-    env.mp.setenv("HOME", "/")
-    env.mp.setattr(sys, "platform", "linux")
+    (env.base / "not_a_folder").write_text("x")
+    env.mp.setenv("HOME", str(env.base / "not_a_folder" / "home"))  # ~/.cache cannot be created
     env.mp.setattr(download.tempfile, "tempdir", str(env.base))
     return env.cli("-list-tasks", code=0)
 
@@ -673,6 +662,8 @@ def _serve(env: Env, server: FlakyServer, reason: str) -> list[str]:
         "Wrong Content-Length": [send_bytes(data + b"x")],
         "Wrong checksum": [send_bytes(bytes([data[0] ^ 0xFF]) + data[1:])],
         "TLS error": [send_bytes(data)],
+        "Download deadline passed": [trickle(0.02, len(data))],
+        "Transfer too slow": [trickle(0.02, len(data))],
     }[reason]
     urls = env.remote(server, *(actions or [status(500)]))
     url = urls[0]
@@ -686,6 +677,11 @@ def _serve(env: Env, server: FlakyServer, reason: str) -> list[str]:
         env.mp.setattr(socket.socket, "connect", _raise(OSError(errno.ENETUNREACH, "Network is unreachable")))
     elif reason == "TLS error":
         url = url.replace("http://", "https://")
+    elif reason in ("Download deadline passed", "Transfer too slow"):  # limits far below the trickle's gaps
+        env.mp.setattr(fetch, "READ_TIMEOUT_S", 60.0)
+        env.mp.setattr(fetch, "RATE_WINDOW_S", 0.5)
+        env.mp.setenv(fetch.ENV_DEADLINE, "1" if reason == "Download deadline passed" else "0")
+        env.mp.setenv(fetch.ENV_MIN_RATE, "0" if reason == "Download deadline passed" else "100000")
     if url != urls[0]:
         env.registry(lambda d: d["models"]["loc"]["versions"]["1.0"].update(sources=[url]))
     return env.cli("-install")
