@@ -10,11 +10,14 @@ replaced. The layout ``<cache>/models/<name>/<version>/<file>`` is the one of ea
 whose ``.verified.json`` stamps are ignored and swept at the next install. No telemetry: the only
 network traffic is the GET of the registry's URLs.
 
+pooch, filelock and requests are imported only to install: a run that finds its models imports none.
+
 API: ``cache_dir``, ``ensure_model``, ``is_installed``, ``import_model``, ``sha256sum``, ``clear_cache``.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -23,11 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-import filelock
 import platformdirs
-import pooch
 
-from . import fetch
 from .errors import DeepsegError
 from .registry import ModelSpec
 
@@ -56,7 +56,11 @@ def cache_dir() -> Path:
 
 def sha256sum(path: Path | str) -> str:
     """Hex sha256 of a file, read in chunks."""
-    return pooch.file_hash(str(path), alg="sha256")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Path:
@@ -74,6 +78,8 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
         raise DeepsegError(_failure_message(spec, target, problems, "no download URL in the registry"))
 
     def get() -> None:
+        from . import fetch
+
         errors = fetch.download(spec, target, progress)
         if errors:
             raise DeepsegError(_failure_message(spec, target, problems + errors, "every download failed"))
@@ -87,6 +93,8 @@ def is_installed(spec: ModelSpec) -> bool:
 
 def import_model(spec: ModelSpec, source: Path | str) -> Path:
     """Install ``spec`` offline from a file, or a folder holding it; verified, copied atomically."""
+    from . import fetch
+
     src = _import_source(spec, Path(source).expanduser())
     target = _cached_path(spec)
     try:
@@ -197,6 +205,8 @@ def _install(spec: ModelSpec, target: Path, get: Callable[[], None]) -> Path:
 @contextlib.contextmanager
 def _locked(folder: Path, path: Path) -> Iterator[None]:
     """The inter-process lock of one cached file (flock where available, as earlier versions used)."""
+    import filelock
+
     lock = filelock.FileLock(str(path))
     try:
         try:
