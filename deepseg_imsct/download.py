@@ -69,6 +69,9 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
     problems: list[str] = []
     local = _find_local(spec, target, problems)
     if local is not None:
+        if local != target and target.exists():  # a bad cache entry behind a good bundled copy: repair it
+            with contextlib.suppress(DeepsegError):
+                import_model(spec, local)
         return local
     if offline:
         seen = f" (checked: {'; '.join(problems)})" if problems else ""

@@ -267,8 +267,8 @@ def test_trickling_server_hits_the_deadline(server: FlakyServer, home: Path,
 def test_slow_server_below_the_minimum_rate_then_next_mirror(server: FlakyServer, home: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     fetch.READ_TIMEOUT_S = 60.0
-    fetch.RATE_WINDOW_S = 0.5
-    monkeypatch.setenv(fetch.ENV_MIN_RATE, "100000")  # the trickle sends at most ~50 bytes/s
+    fetch.RATE_WINDOW_S = 3.0  # a good transfer would have to stall this long to be taken as slow
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, "1000")  # the trickle sends at most ~50 bytes/s
     urls = (server.route("/slow", trickle(0.02, len(PAYLOAD))), server.route("/good", send_bytes(PAYLOAD)))
     spec = make_spec(sources=urls)
     assert download.ensure_model(spec, progress=False).read_bytes() == PAYLOAD
@@ -278,7 +278,7 @@ def test_slow_server_below_the_minimum_rate_then_next_mirror(server: FlakyServer
 def test_below_the_minimum_rate_everywhere(server: FlakyServer, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fetch.READ_TIMEOUT_S = 60.0
     fetch.RATE_WINDOW_S = 0.5
-    monkeypatch.setenv(fetch.ENV_MIN_RATE, "100000")
+    monkeypatch.setenv(fetch.ENV_MIN_RATE, "100000")  # the trickle sends at most ~50 bytes/s
     url = server.route("/slow", trickle(0.02, len(PAYLOAD)))
     spec = make_spec(sources=(url,))
     with pytest.raises(DeepsegError, match=rf"{url}: slower than 100000 bytes/s over 0.5 s; to accept slower transfers "
@@ -324,6 +324,15 @@ def test_bundled_source_used_in_place_and_verified_each_time(server: FlakyServer
     tamper_in_place(bundled)
     assert download.ensure_model(spec, progress=False) == cached(spec, home)  # not trusted: downloaded
     assert server.hits["/a"] == 1
+
+
+def test_bad_cache_entry_behind_a_good_bundled_copy_is_repaired(home: Path, tmp_path: Path) -> None:
+    spec = make_spec(sources=("models/model.onnx",), registry_dir=_bundle(tmp_path, PAYLOAD))
+    entry = cached(spec, home)
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(PAYLOAD[::-1])
+    assert download.ensure_model(spec, offline=True) == tmp_path / "registry" / "models" / "model.onnx"
+    assert entry.read_bytes() == PAYLOAD and leftovers(entry.parent) == ["model.onnx"]
 
 
 def test_is_installed(server: FlakyServer, home: Path, tmp_path: Path) -> None:
@@ -730,13 +739,12 @@ def test_concurrent_processes_download_once(server: FlakyServer, home: Path) -> 
 
 def test_killed_installer_leaves_nothing_the_next_one_keeps(server: FlakyServer, home: Path) -> None:
     """SIGKILL in the middle of a download: the lock dies with the process, its temp file is swept."""
-    url = server.route("/m.onnx", trickle(0.05, len(PAYLOAD)), send_bytes(PAYLOAD))
-    spec = make_spec(sources=(url,))
+    slow = make_spec(sources=(server.route("/m.onnx", trickle(0.05, len(PAYLOAD))),))  # never completes
+    spec = make_spec(sources=(server.route("/good.onnx", send_bytes(PAYLOAD)),))  # the same model elsewhere
     folder = cached(spec, home).parent
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(1), ctx.Queue()
-    proc = ctx.Process(target=_child_ensure, args=(spec, str(home), barrier, results))
-    fetch.READ_TIMEOUT_S = 60.0  # the child's read timeout comes from _tune: it must not finish first
+    proc = ctx.Process(target=_child_ensure, args=(slow, str(home), barrier, results))
     proc.start()
     try:
         deadline = time.monotonic() + 120
