@@ -1,4 +1,4 @@
-"""Sliding-window stitching: deepseg_imsct.inference.sliding_window vs MONAI's sliding_window_inference.
+"""Sliding-window stitching: deepseg_imsct.segment.sliding_window vs MONAI's sliding_window_inference.
 
 Usage (from the repository root, in the benchmark environment of bench/README.md)::
 
@@ -38,15 +38,17 @@ def phantom_crop(size: str = "paper", seed: int = 0) -> np.ndarray:
     from bench_pipeline import make_case
 
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import box_for_mask, model_input
-    from deepseg_imsct.pipeline import Predictor, localize
+    from deepseg_imsct.localize import box_for_mask, localize, localizer_block, on_block
+    from deepseg_imsct.pipeline import Predictor
+    from deepseg_imsct.segment import model_input
 
     predictor = Predictor()
     spec = predictor.segmenter.spec
     with tempfile.TemporaryDirectory() as tmp:
         t2_path, t1_path = make_case(Path(tmp), size, seed)
         t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
-    cord, block = localize(t2, t1, predictor.localizer)
+    block = localizer_block(t2.grid, predictor.localizer.spec)
+    cord = localize(t2, t1, on_block(t2, block), block, predictor.localizer)
     box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
     return model_input([(t2.data, t2.grid), (t1.data, t1.grid)], box.on(work))
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from deepseg_imsct.inference import OnnxModel, RuntimeOptions, n_windows, sliding_window
+    from deepseg_imsct.inference import OnnxModel, RuntimeOptions
+    from deepseg_imsct.segment import n_windows, sliding_window
     from deepseg_imsct.pipeline import Predictor
 
     model: OnnxModel = Predictor(runtime=RuntimeOptions(threads=args.threads)).segmenter

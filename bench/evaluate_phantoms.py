@@ -36,7 +36,8 @@ def main(argv=None) -> int:
 
     from deepseg_imsct.evaluate_cli import main as evaluate
     from deepseg_imsct.inference import RuntimeOptions
-    from deepseg_imsct.pipeline import DEFAULT_TASK, Predictor
+    from deepseg_imsct.outputs import DEFAULT_TASK
+    from deepseg_imsct.pipeline import Predictor
     from deepseg_imsct.registry import load_registry
 
     data, preds = args.o / "phantoms", args.o / "predictions"

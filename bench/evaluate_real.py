@@ -10,9 +10,9 @@ Scans: every NIfTI under ``--data`` (default ``$IMSCT_SHARED_DATA/real``, else
 mask is ``<stem>_seg-manual`` or ``<stem>_seg`` in the same folder. The localizer runs on each
 scan whatever its contrast (the model is trained on T2w: T1w, T2*w and MT rows say so).
 
-Per scan, exactly as the pipeline does (:func:`deepseg_imsct.pipeline.find_cord`, then
+Per scan, exactly as the pipeline does (:func:`deepseg_imsct.localize.find_cord`, then
 :func:`deepseg_imsct.localize.box_for_mask` with the segmenter's spacing, safety factor, patch
-and stride, then :func:`deepseg_imsct.pipeline.localization_masks`): the cord mask and the crop box on
+and stride, then :func:`deepseg_imsct.resample_back.localization_masks`): the cord mask and the crop box on
 the scan's native grid, the cord Dice against the manual mask on that grid, the fraction of the
 manual cord inside the crop box, and the box size in mm (S-I x A-P x R-L).
 
@@ -150,8 +150,8 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     """Localize the cord in one scan, as :func:`deepseg_imsct.pipeline.segment` does, and score it."""
     from deepseg_imsct.evaluate import dice, fraction_inside
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import box_for_mask
-    from deepseg_imsct.pipeline import find_cord, localization_masks
+    from deepseg_imsct.localize import box_for_mask, find_cord, localizer_block, on_block
+    from deepseg_imsct.resample_back import localization_masks
 
     contrast = contrast_of(path)
     vol = load_volume(path, contrast)
@@ -161,7 +161,8 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
         shape="×".join(map(str, grid.shape)), voxel_mm="×".join(f"{z:.2f}" for z in grid.zooms),
     )
     t0 = time.perf_counter()
-    cord, block = find_cord(vol, localizer)
+    block = localizer_block(grid, localizer.spec)
+    cord = find_cord(on_block(vol, block), block, localizer)
     box, work = box_for_mask(cord, block, grid, seg_spec.spacing_mm, seg_spec.safety_factor, seg_spec.patch_size, seg_spec.stride)
     row.localize_s = time.perf_counter() - t0
     crop_grid = box.on(work)
@@ -320,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from deepseg_imsct.errors import DeepsegError
     from deepseg_imsct.inference import OnnxModel, RuntimeOptions
     from deepseg_imsct.io import mask_image
-    from deepseg_imsct.pipeline import DEFAULT_TASK
+    from deepseg_imsct.outputs import DEFAULT_TASK
     from deepseg_imsct.registry import load_registry
 
     try:

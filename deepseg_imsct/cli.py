@@ -7,93 +7,97 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .errors import DeepsegError
+from .outputs import DEFAULT_TASK, ERROR_PREFIX, PROG, viewer_command
+from .params import ParamKind, ParamSpec, parameters
 
 log = logging.getLogger("deepseg_imsct")
-PROG = "imsct_deepseg"
-DEFAULT_TASK = "seg_tumor-edema-cavity_t1-t2"
-VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3)?\s*$")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def task_parameters(task: str = DEFAULT_TASK, version: str | None = None) -> tuple[list[ParamSpec], tuple[str, ...]]:
+    """The parameters and classes of ``task``'s segmenter (defaults from the registry)."""
+    from .registry import load_registry
+
+    reg = load_registry()
+    spec = reg.model(reg.task(task).segmenter, version)
+    return parameters(spec.postprocessing), spec.classes
+
+
+def build_parser(specs: Sequence[ParamSpec] | None = None, classes: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command's options; the task's parameters are generated from ``specs`` (default: the
+    default task's, or without their defaults in the help where the registry cannot be read)."""
+    if specs is None:
+        try:
+            specs, classes = task_parameters()
+        except DeepsegError:  # reported, with its fix, when the command runs
+            specs = parameters({})
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Segment intramedullary spinal cord tumor, edema and cavity on a sagittal T2w and a "
         "gadolinium-enhanced T1w (NIfTI). Writes <T2w name>_seg-{tumor,edema,cavity,whole-tumor}.nii.gz "
         "next to the T2w (or in -o), on the T2w's grid.",
-        epilog="Per-class values (-thr, -fill-holes, -remove-small) take one value for every class, one per class "
-        "in the order tumor edema cavity whole-tumor, or CLASS=VALUE pairs (e.g. -remove-small edema=1cm3).",
+        epilog=f"Per-class values ({', '.join(s.option for s in specs if s.per_class)}) take one value for every class, "
+        f"one per class in the order {' '.join(classes) or 'of the classes'}, or CLASS=VALUE pairs (e.g. -remove-small edema=1cm3).",
     )
     p.add_argument("task", nargs="?", default=DEFAULT_TASK, help=f"task name or alias (default: {DEFAULT_TASK})")
     p.add_argument("-i", nargs="+", metavar="FILE", help="input images: the T2w then the T1w (see -c)")
     p.add_argument("-c", nargs="+", metavar="CONTRAST", choices=["t2", "t1"], help="contrasts of the -i files, in their order (default: t2 t1)")
-    p.add_argument("-o", metavar="FOLDER", help="output folder (default: the T2w's folder; created if missing)")
-    p.add_argument("-thr", nargs="+", metavar="P", help="binarization threshold(s), probabilities in [0, 1] (default: each class's value in the model's registry entry)")
-    p.add_argument("-fill-holes", nargs="+", metavar="0|1", help="fill 3D holes, per class (default: 1)")
-    p.add_argument("-remove-small", nargs="+", metavar="VOL", help="remove components smaller than VOL in cm3 (suffix cm3 or mm3 allowed; default tumor 0.2, edema 0.5, cavity 0.5, whole-tumor 0.2 cm3)")
-    p.add_argument("-soft", action="store_true", help="write probabilities (float32) instead of binary masks; thresholds are then ignored")
-    p.add_argument("-qc", action="store_true", help="also write the localizer's cord mask (_seg-cord) and the crop box (_cropbox)")
+    for spec in specs:
+        _add_parameter(p, spec)
     p.add_argument("-list-tasks", action="store_true", help="list the tasks, their models and whether they are installed, then exit")
     p.add_argument("-install", action="store_true", help="install the task's models (download, or --from a local file/folder), then exit")
     p.add_argument("--from", dest="source", metavar="PATH", help="with -install: import the weights from this file or folder (offline)")
     p.add_argument("-localizer-version", metavar="V", help="pin the localizer model version (default: the registry's)")
     p.add_argument("-segmenter-version", metavar="V", help="pin the segmenter model version (default: the registry's)")
     p.add_argument("-offline", action="store_true", help="never use the network (models must be bundled or installed)")
-    p.add_argument("-threads", type=int, default=0, metavar="N", help="CPU threads for ONNX Runtime (default 0: physical cores)")
     p.add_argument("-v", type=int, choices=[0, 1, 2], default=1, help="verbosity: 0 warnings, 1 info (default), 2 debug")
     p.add_argument("-version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
-def per_class(values: Sequence[str] | None, classes: Sequence[str], convert: Callable[[str], object], option: str) -> dict | None:
-    """Parse one value, one per class in order, or CLASS=VALUE pairs, into {class: value}."""
+def _add_parameter(p: argparse.ArgumentParser, spec: ParamSpec) -> None:
+    """One task parameter as an option: per class (strings, checked by :func:`params.convert_all`),
+    a flag, or one value."""
+    unit = " (or with a suffix: 0.2cm3, 200mm3)" if spec.kind is ParamKind.VOLUME else ""
+    text = spec.help + (f", in {spec.unit}{unit}" if spec.unit else "")
+    dest = spec.option.lstrip("-").replace("-", "_")
+    if spec.per_class:
+        default = spec.default_text() if spec.default else "the model's registry entry"
+        p.add_argument(spec.option, dest=dest, nargs="+", metavar=spec.metavar, help=f"{text}, per class (default: {default})")
+    elif spec.kind is ParamKind.BOOL:
+        p.add_argument(spec.option, dest=dest, action="store_true", help=text)
+    else:
+        kind = int if spec.kind is ParamKind.INT else str
+        p.add_argument(spec.option, dest=dest, type=kind, default=spec.default, metavar=spec.metavar, help=text)
+
+
+def per_class(values: Sequence[str] | None, classes: Sequence[str], option: str) -> dict[str, str] | None:
+    """The command's per-class syntax: one value, one per class in order, or CLASS=VALUE pairs ->
+    {class: text} (checked and typed by :func:`params.convert_all`)."""
     if not values:
         return None
-    try:
-        if all("=" in v for v in values):
-            pairs = dict(v.split("=", 1) for v in values)
-            unknown = set(pairs) - set(classes)
-            if unknown:
-                raise DeepsegError(f"{option}: unknown class {', '.join(sorted(unknown))} (classes: {' '.join(classes)})")
-            return {c: convert(v) for c, v in pairs.items()}
-        if len(values) == 1:
-            return {c: convert(values[0]) for c in classes}
-        if len(values) == len(classes):
-            return {c: convert(v) for c, v in zip(classes, values)}
-    except ValueError as exc:
-        raise DeepsegError(f"{option}: {exc}") from None
+    if all("=" in v for v in values):
+        return dict(v.split("=", 1) for v in values)
+    if len(values) == 1:
+        return {c: values[0] for c in classes}
+    if len(values) == len(classes):
+        return dict(zip(classes, values))
     raise DeepsegError(f"{option} takes 1 value, {len(classes)} values ({' '.join(classes)}) or CLASS=VALUE pairs; got {len(values)}")
 
 
-def volume_cm3(text: str) -> float:
-    match = VOLUME.match(text)
-    if not match:
-        raise ValueError(f"'{text}' is not a volume (examples: 0.2, 0.2cm3, 200mm3)")
-    value = float(match.group(1))
-    return value / 1000.0 if match.group(2) == "mm3" else value
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")  # refused below with the same message
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"threshold {text} is not a probability in [0, 1] (use -soft for probabilities)")
-    return value
-
-
-def flag(text: str) -> bool:
-    if text not in ("0", "1"):
-        raise ValueError(f"'{text}' is not 0 or 1")
-    return text == "1"
+def user_values(args: argparse.Namespace, specs: Sequence[ParamSpec], classes: Sequence[str]) -> dict[str, Any]:
+    """The task's parameters as the command line gives them ({name: value or {class: text}})."""
+    values = {}
+    for spec in specs:
+        given = getattr(args, spec.option.lstrip("-").replace("-", "_"))
+        values[spec.name] = per_class(given, classes, spec.option) if spec.per_class else given
+    return values
 
 
 def order_inputs(files: Sequence[str] | None, contrasts: Sequence[str] | None, required: Sequence[str]) -> list[str]:
@@ -156,15 +160,6 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict) -
     return [import_model(spec, path) for spec in matching]
 
 
-def viewer_command(t2: str, t1: str, outputs: dict) -> str:
-    colours = {"seg-tumor": "red", "seg-edema": "green", "seg-cavity": "blue", "seg-whole-tumor": "yellow", "seg-cord": "copper"}
-    parts = ["fsleyes", shlex.quote(t2), shlex.quote(t1)]
-    for key, path in outputs.items():
-        if key in colours:
-            parts += [shlex.quote(str(path)), "-cm", colours[key], "-a", "70"]
-    return " ".join(parts)
-
-
 def run(args: argparse.Namespace) -> int:
     from .registry import load_registry
 
@@ -179,28 +174,19 @@ def run(args: argparse.Namespace) -> int:
             log.info("installed %s", path)
         return 0
     t2, t1 = order_inputs(args.i, args.c, task.contrasts)
-    from .inference import RuntimeOptions
     from .io import check_input_file
+    from .params import configure
 
     check_input_file(t2, "T2w")
     check_input_file(t1, "T1w")
+    seg_spec = reg.model(task.segmenter, versions.get(task.segmenter))
+    values = user_values(args, parameters(seg_spec.postprocessing), seg_spec.classes)
+    settings = configure(seg_spec, values, naming=lambda spec, _cls: spec.option)
     from .pipeline import Predictor
 
-    if args.threads < 0:
-        raise DeepsegError("-threads must be >= 0 (0 lets ONNX Runtime use the physical cores)")
-    seg_spec = reg.model(task.segmenter, versions.get(task.segmenter))
-    classes = seg_spec.classes
-    from .postprocess import PostprocessConfig
-
-    post = PostprocessConfig.from_defaults(seg_spec.postprocessing).with_overrides(
-        per_class(args.thr, classes, probability, "-thr"),
-        per_class(args.fill_holes, classes, flag, "-fill-holes"),
-        per_class(args.remove_small, classes, volume_cm3, "-remove-small"),
-        soft=args.soft,
-    )
-    predictor = Predictor(task.name, versions=versions, runtime=RuntimeOptions(threads=args.threads), registry=reg,
+    predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,
                           offline=args.offline, progress=args.v > 0)
-    outputs = predictor.run_files(t2, t1, args.o, post, qc=args.qc, command=args.command_line)
+    outputs = predictor.run_files(t2, t1, settings.out_dir, settings.post, qc=settings.qc, command=args.command_line)
     for key, path in outputs.items():
         log.info("wrote %s", path)
     log.info("\nTo view the results, type:\n%s", viewer_command(t2, t1, outputs))
@@ -216,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except DeepsegError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: no output was written or changed", file=sys.stderr)

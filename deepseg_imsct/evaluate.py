@@ -36,7 +36,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .postprocess import connected_components
+from .primitives import connected_components
 
 STRUCTURES: tuple[str, ...] = ("whole-tumor", "tumor", "cavity", "edema")
 CORD = "cord"

@@ -16,7 +16,6 @@ import argparse
 import csv
 import logging
 import math
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +26,12 @@ import numpy as np
 
 from . import evaluate as ev
 from .errors import DeepsegError
+from .outputs import CROPBOX, name_pattern
 
 LOG = logging.getLogger("deepseg_imsct.evaluate")
 PROG = "imsct_evaluate"
 LABELS: tuple[str, ...] = (*ev.STRUCTURES, ev.CORD)
-CROPBOX = "cropbox"
-_NAME_RE = re.compile(
-    r"^(?P<stem>.+?)(?:_seg-(?P<label>whole-tumor|tumor|edema|cavity|cord)|_(?P<box>cropbox))"
-    r"\.nii(?:\.gz)?$"
-)
+_NAME_RE = name_pattern(LABELS)
 _AFFINE_ATOL_MM = 1e-3
 COLUMN_TITLES = {
     "whole-tumor": "Whole tumor", "tumor": "Tumor", "cavity": "Cavity", "edema": "Edema"

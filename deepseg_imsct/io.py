@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import DeepsegError
 from .grid import Grid
+from .outputs import TEMP_SUFFIX, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,6 @@ class Volume:
         return str(self.path) if self.path else "<in-memory image>"
 
 
-def nifti_stem(path: Path) -> str:
-    """File name without ``.nii`` / ``.nii.gz``."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def check_input_file(path: Path | str, role: str) -> Path:
     """Fail early, with the fix, on a path that cannot be a readable NIfTI file."""
     path = Path(path)
@@ -70,6 +62,12 @@ def check_input_file(path: Path | str, role: str) -> Path:
     if not os.access(path, os.R_OK):
         raise DeepsegError(f"{role} file {path} is not readable: check its permissions")
     return path
+
+
+def check_distinct(t2: Path | str, t1: Path | str) -> None:
+    """Refuse the same file given as both inputs."""
+    if Path(t2).resolve() == Path(t1).resolve():
+        raise DeepsegError(f"the same file {t2} was given as T2w and T1w: give the T2w and the gadolinium T1w")
 
 
 def load_volume(path: Path | str, role: str) -> Volume:
@@ -221,8 +219,9 @@ def mask_image(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
 
 
 @contextlib.contextmanager
-def _temporary(folder: Path, name: str) -> Iterator[Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+def _temporary(final: Path) -> Iterator[Path]:
+    """A temporary file next to ``final``, named as :func:`outputs.temp_prefix` says; removed on exit."""
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give outputs the usual permissions
     try:
@@ -256,14 +255,14 @@ def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path
         staged: list[tuple[Path, Path]] = []
         try:
             for path, image in images.items():
-                tmp = stack.enter_context(_temporary(path.parent, path.name))
+                tmp = stack.enter_context(_temporary(path))
                 payload = image.to_bytes()
                 if path.name.endswith(".gz"):
                     payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
                 tmp.write_bytes(payload)
                 staged.append((tmp, path))
             for path, content in sidecars.items():
-                tmp = stack.enter_context(_temporary(path.parent, path.name))
+                tmp = stack.enter_context(_temporary(path))
                 tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
                 staged.append((tmp, path))
         except OSError as exc:

@@ -1,7 +1,11 @@
-"""Stage 1: find the spinal cord and turn it into the crop box of stage 2.
+"""Stage 1: the localizer finds the spinal cord on the T2w; its extent becomes stage 2's crop box.
 
-All boxes are ``(start, size)`` in voxels of a working grid (SAR axes, see :mod:`grid`);
-``start`` may be negative and ``start + size`` may pass the end: the crop is zero-padded there.
+Steps: :func:`localizer_block` (the model's single input block on the working grid) ->
+:func:`on_block` (a scan resampled onto it) -> :func:`find_cord` (the model, then
+:func:`cord_components`) -> :func:`localize` (with the input checks that warn) ->
+:func:`box_for_mask` (the crop box). All boxes are ``(start, size)`` in voxels of a working grid
+(SAR axes, see :mod:`grid`); ``start`` may be negative and ``start + size`` may pass the end: the
+crop is zero-padded there.
 """
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from .grid import Grid, apply_affine, resample, working_grid
-from .inference import zscore
-from .postprocess import connected_components
+from .inference import OnnxModel
+from .io import Volume
+from .primitives import MM3_PER_CM3, connected_components, dilate, zscore
+from .registry import ModelSpec
+from .segment import model_input  # noqa: F401  # compat: training imports, remove when training/ is updated
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +42,6 @@ def centred_block(grid: Grid, size: Sequence[int]) -> Grid:
     return grid.subgrid(start, tuple(size))
 
 
-def model_input(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid) -> np.ndarray:
-    """Channels (C, *dst.shape) float32: each image resampled onto ``dst`` and z-scored.
-
-    Statistics are taken inside each image's own field of view; outside it the input is 0.
-    """
-    return np.stack([zscore(resample(data, grid, dst, order=1, fill=np.nan)) for data, grid in images])
-
-
 # A localizer often returns the cord in pieces along its length (a dark segment, a lesion, the
 # conus). Pieces of at least this share of the largest one's voxels are kept with it: chosen on 24
 # validation phantoms (crop box then holds every lesion; the largest piece alone missed one),
@@ -62,6 +61,65 @@ def cord_components(mask: np.ndarray, min_voxels: int = 1, piece_fraction: float
     if largest < min_voxels:
         return None
     return (counts >= max(1.0, piece_fraction * largest))[labels]
+
+
+def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
+    """The localizer's single input block: its patch, centred on the scan's working grid."""
+    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size)
+
+
+def on_block(volume: Volume, block: Grid) -> np.ndarray:
+    """``volume`` resampled (trilinear) onto ``block``, NaN outside its field of view."""
+    return resample(volume.data, volume.grid, block, order=1, fill=np.nan)
+
+
+def find_cord(values: np.ndarray, block: Grid, model: OnnxModel) -> np.ndarray | None:
+    """The plausible cord on the localizer's ``block`` (:func:`cord_components`), or None.
+
+    ``values``: a scan on ``block`` (:func:`on_block`). Only voxels inside the scan's field of
+    view are plausible: predictions in the block's padding (a field of view smaller than the
+    block) are dropped before the components are counted.
+    """
+    spec = model.spec
+    prob = model(zscore(values)[None, None])[0, 0]  # = model_input([(data, grid)], block)[None]
+    prob[np.isnan(values)] = 0.0
+    post = spec.postprocessing[spec.classes[0]]
+    min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
+    return cord_components(prob >= post.threshold, min_voxels)
+
+
+def localize(t2: Volume, t1: Volume, t2_block: np.ndarray, block: Grid, model: OnnxModel) -> np.ndarray | None:
+    """Stage 1 on the T2w (``t2_block``: :func:`on_block` of it), warning when the inputs look
+    swapped or no cord is found; the cord on ``block``, or None (then: the whole field of view)."""
+    cord = find_cord(t2_block, block, model)
+    t1_block = on_block(t1, block)
+    if cord is not None:
+        if looks_swapped(cord, t2_block, t1_block):
+            log.warning("%s looks like a T1w and %s like a T2w (CSF brighter than the cord on the second): "
+                        "check the input order (T2w first, or use -c)", t2.name, t1.name)
+        return cord
+    if find_cord(t1_block, block, model) is not None:
+        log.warning("no spinal cord found in the T2w %s but one in the T1w %s: the inputs look swapped "
+                    "(give the T2w first, or use -c); segmenting the whole field of view", t2.name, t1.name)
+    else:
+        log.warning("the localizer found no spinal cord in %s: segmenting the whole field of view (slower, less accurate)", t2.name)
+    return None
+
+
+def looks_swapped(cord: np.ndarray, t2_block: np.ndarray, t1_block: np.ndarray) -> bool:
+    """True when the CSF around the ``cord`` is darker than the cord on the 'T2w' and brighter on
+    the 'T1w': the opposite of both contrasts (CSF is bright on T2w, dark on T1w).
+
+    The three arrays are on the localizer's block; the scans are NaN outside their fields of view.
+    """
+    shell = dilate(cord, 2) & ~cord
+    if not shell.any():
+        return False
+    ratios = []
+    for values in (t2_block, t1_block):
+        inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell])
+        ratios.append(outer / inner if inner > 0 else np.nan)
+    return bool(ratios[0] < 1.0 < ratios[1])
 
 
 def mask_extent_mm(mask: np.ndarray, grid: Grid) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The cascade, end to end: T2w + T1w in, one mask per class out on the T2w's native grid.
 
-Data flows one way through :func:`segment`: load -> resample (the T2w onto the localizer's
-block) -> localize (stage 1) -> crop box -> segment (stage 2, sliding window) -> back to native
--> post-process. :class:`Predictor` holds the two ONNX Runtime sessions, built once and reused
-for every case.
+:func:`segment` reads top to bottom, one stage after the other, each intermediate computed once:
+read (:mod:`io`) -> the T2w on the localizer's block (:mod:`grid`) -> stage 1, cord and crop box
+(:mod:`localize`) -> stage 2, crop input and sliding window (:mod:`segment`) -> back to the
+native grid (:mod:`resample_back`) -> post-processing (:mod:`postprocess`) -> write (:mod:`io`,
+names from :mod:`outputs`). :class:`Predictor` holds the two ONNX Runtime sessions, built once
+and reused for every case.
 """
 from __future__ import annotations
 
@@ -12,25 +14,27 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from . import __version__
 from .errors import DeepsegError
-from .grid import Grid, Triple, bounding_box, footprint, inside_fraction, resample, uncrop, working_grid
-from .inference import OnnxModel, RuntimeOptions, sliding_window, zscore
-from .io import Volume, as_volume, load_volume, mask_image, nifti_stem, write_outputs
-from .localize import box_for_mask, centred_block, cord_components, model_input
-from .postprocess import MM3_PER_CM3, PostprocessConfig, postprocess
+from .grid import Grid, inside_fraction, uncrop
+from .inference import OnnxModel, RuntimeOptions
+from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
+from .localize import box_for_mask, localize, localizer_block, on_block
+from .outputs import CORD, CROPBOX, DEFAULT_TASK, class_key, output_paths, sidecar_path
+from .params import configure
+from .postprocess import PostprocessConfig, postprocess
 from .registry import ModelSpec, Registry, load_registry
+from .resample_back import localization_masks, native_block, reach_box
+from .segment import model_input, n_windows, sliding_window
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TASK = "seg_tumor-edema-cavity_t1-t2"
 MIN_FOV_OVERLAP = 0.25  # T1w and T2w fields of view must share at least this fraction
-REACH_MARGIN = 1e-4  # probability: float32 trilinear interpolation of values in [0, 1] errs by a few 1e-6 at most
 
 
 @dataclass
@@ -56,48 +60,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     yield
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
     log.debug("%s: %.3f s", stage, timings[stage])
-
-
-def reach_box(values: np.ndarray, threshold: float) -> tuple[Triple, Triple]:
-    """The box ``(start, size)`` of ``values`` voxels outside which trilinear interpolation stays
-    below ``threshold``; size (0, 0, 0) when no voxel comes near it.
-
-    An interpolated value is a convex combination of the 2x2x2 source voxels around it, so it is
-    below the threshold wherever all of them are: the box is the bounding box of the voxels at or
-    above ``threshold - REACH_MARGIN`` (far more than float32 rounding), grown by one voxel.
-    """
-    return bounding_box(values >= np.float32(threshold - REACH_MARGIN), margin=1)
-
-
-def native_block(
-    values: np.ndarray, src: Grid, native: Grid, order: int = 1, box: tuple[Triple, Triple] | None = None
-) -> tuple[np.ndarray, Triple]:
-    """Resample (*C, *src.shape) ``values`` onto the part of ``native`` that ``src`` covers, or
-    only the part around ``box`` (``(start, size)`` in ``src`` voxels, e.g. :func:`reach_box`).
-
-    Returns the block and its start on ``native``; everything outside it would be 0 (with
-    ``box``: below the threshold the box was made for).
-    """
-    if box is not None and 0 in box[1]:
-        return np.zeros(values.shape[:-3] + (0, 0, 0), np.float32 if order == 1 else values.dtype), (0, 0, 0)
-    start, size = footprint(src if box is None else src.subgrid(*box), native)
-    return resample(values, src, native.subgrid(start, size), order=order, fill=0), start
-
-
-def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on
-    ``native`` (Fortran order, as NIfTI stores them).
-
-    The cord is resampled trilinearly and kept where it reaches 0.5 (computed only around it,
-    see :func:`reach_box`); the box by nearest neighbour.
-    """
-    cord_native = np.zeros(native.shape, bool, order="F")
-    if cord is not None:
-        values = cord.astype(np.float32)
-        part, start = native_block(values, block, native, box=reach_box(values, 0.5))
-        cord_native = uncrop(part >= 0.5, start, native.shape, order="F")
-    part, start = native_block(np.ones(crop_grid.shape, bool), crop_grid, native, order=0)
-    return cord_native, uncrop(part, start, native.shape, order="F")
 
 
 def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
@@ -130,81 +92,6 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
         )
 
 
-def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
-    """The localizer's single input block: its patch, centred on the scan's working grid."""
-    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size)
-
-
-def find_cord(volume: Volume, model: OnnxModel, raw: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:
-    """The plausible cord on the localizer's input block (:func:`localize.cord_components`), or None.
-
-    Only voxels inside the scan's field of view are plausible: predictions in the block's zero
-    padding (a field of view smaller than the block) are dropped before the components are counted.
-    ``raw``: the volume already resampled onto the block (NaN outside its field of view), if at hand.
-    """
-    spec = model.spec
-    block = localizer_block(volume.grid, spec)
-    if raw is None:
-        raw = resample(volume.data, volume.grid, block, order=1, fill=np.nan)  # NaN outside the field of view
-    prob = model(zscore(raw)[None, None])[0, 0]  # = model_input([(volume.data, volume.grid)], block)[None]
-    prob[np.isnan(raw)] = 0.0
-    post = spec.postprocessing[spec.classes[0]]
-    min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
-    return cord_components(prob >= post.threshold, min_voxels), block
-
-
-def localize(t2: Volume, t1: Volume, model: OnnxModel, t2_block: np.ndarray | None = None) -> tuple[np.ndarray | None, Grid]:
-    """Stage 1 on the T2w, with a warning when the inputs look swapped or no cord is found.
-
-    ``t2_block``: the T2w already resampled onto :func:`localizer_block` (NaN outside its field of view).
-    """
-    block = localizer_block(t2.grid, model.spec)
-    if t2_block is None:
-        t2_block = resample(t2.data, t2.grid, block, order=1, fill=np.nan)
-    cord, _ = find_cord(t2, model, t2_block)
-    if cord is not None:
-        if looks_swapped(t2, t1, cord, block, t2_block):
-            log.warning("%s looks like a T1w and %s like a T2w (CSF brighter than the cord on the second): "
-                        "check the input order (T2w first, or use -c)", t2.name, t1.name)
-        return cord, block
-    if find_cord(t1, model)[0] is not None:
-        log.warning("no spinal cord found in the T2w %s but one in the T1w %s: the inputs look swapped "
-                    "(give the T2w first, or use -c); segmenting the whole field of view", t2.name, t1.name)
-    else:
-        log.warning("the localizer found no spinal cord in %s: segmenting the whole field of view (slower, less accurate)", t2.name)
-    return None, block
-
-
-def looks_swapped(t2: Volume, t1: Volume, cord: np.ndarray, block: Grid, t2_block: np.ndarray | None = None) -> bool:
-    """True when the CSF around the cord is darker than the cord on the 'T2w' and brighter on the
-    'T1w': the opposite of both contrasts (CSF is bright on T2w, dark on T1w).
-
-    ``t2_block``: the T2w already resampled onto ``block`` (NaN outside), if at hand.
-    """
-    shell = _dilate(cord, 2) & ~cord
-    if not shell.any():
-        return False
-    ratios = []
-    for vol, values in ((t2, t2_block), (t1, None)):
-        if values is None:
-            values = resample(vol.data, vol.grid, block, fill=np.nan)
-        inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell])
-        ratios.append(outer / inner if inner > 0 else np.nan)
-    return bool(ratios[0] < 1.0 < ratios[1])
-
-
-def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
-    """Binary dilation by ``steps`` voxels with the 6-neighbourhood."""
-    out = mask.copy()
-    for _ in range(steps):
-        grown = out.copy()
-        for axis in range(out.ndim):
-            grown[(slice(None),) * axis + (slice(1, None),)] |= out[(slice(None),) * axis + (slice(None, -1),)]
-            grown[(slice(None),) * axis + (slice(None, -1),)] |= out[(slice(None),) * axis + (slice(1, None),)]
-        out = grown
-    return out
-
-
 def segment(
     t2: Volume,
     t1: Volume,
@@ -218,9 +105,10 @@ def segment(
     spec: ModelSpec = segmenter.spec
     check_overlap(t2, t1)
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
-        t2_block = resample(t2.data, t2.grid, localizer_block(t2.grid, localizer.spec), order=1, fill=np.nan)
+        block = localizer_block(t2.grid, localizer.spec)
+        t2_block = on_block(t2, block)
     with _timed(timings, "localize"):
-        cord, block = localize(t2, t1, localizer, t2_block)
+        cord = localize(t2, t1, t2_block, block, localizer)
     with _timed(timings, "crop"):
         box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
         crop_grid = box.on(work)
@@ -245,8 +133,6 @@ def _bar(enabled: bool, shape, spec: ModelSpec):
         return None
     from tqdm import tqdm
 
-    from .inference import n_windows
-
     bar = tqdm(total=n_windows(shape, spec.patch_size, spec.stride), desc="segmenting", unit="patch", leave=False)
     return bar.update
 
@@ -254,8 +140,8 @@ def _bar(enabled: bool, shape, spec: ModelSpec):
 class Predictor:
     """The task's two models, loaded once; call it on as many cases as needed.
 
-    ``versions`` pins model versions ({model name: version}); ``model_files`` bypasses the
-    download/cache step with explicit ONNX paths (still checked against the registry spec).
+    ``versions`` pins model versions ({model name: version}); ``runtime``: ONNX Runtime settings
+    (:func:`params.configure` makes them from user values).
     """
 
     def __init__(
@@ -290,8 +176,13 @@ class Predictor:
     def classes(self) -> tuple[str, ...]:
         return self.segmenter.spec.classes
 
+    def postprocessing(self, **values: Any) -> PostprocessConfig:
+        """Post-processing from user values named as in :func:`params.parameters` (e.g.
+        ``threshold={"edema": 0.4}``, ``soft=True``), checked; missing ones: the registry's defaults."""
+        return configure(self.segmenter.spec, values).post
+
     def default_postprocessing(self) -> PostprocessConfig:
-        return PostprocessConfig.from_defaults(self.segmenter.spec.postprocessing)
+        return self.postprocessing()
 
     def __call__(self, t2, t1, post: PostprocessConfig | None = None) -> Result:
         """Segment one case: ``t2``/``t1`` are paths or nibabel images (any orientation)."""
@@ -324,15 +215,13 @@ class Predictor:
         timings: dict[str, float] = {}
         with _timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
-        if t2.path.resolve() == t1.path.resolve():
-            raise DeepsegError(f"the same file {t2.path} was given as T2w and T1w: give the T2w and the gadolinium T1w")
+        check_distinct(t2.path, t1.path)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
-        folder = Path(out_dir) if out_dir else t2.path.parent
-        stem = nifti_stem(t2.path)
-        outputs = {f"seg-{name}": img for name, img in result.masks.items()}
+        images = {class_key(name): img for name, img in result.masks.items()}
         if qc:
-            outputs.update({"seg-cord": result.cord, "cropbox": result.box})
+            images.update({CORD: result.cord, CROPBOX: result.box})
+        paths = output_paths(t2.path, out_dir, images)
         sidecar = {
             "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
             "Sources": {"T2w": str(t2.path), "T1w": str(t1.path)},
@@ -341,12 +230,9 @@ class Predictor:
             "CropBoxScannerMm": result.box_mm,
             "CordFound": result.cord_found,
         }
-        paths = {key: folder / f"{stem}_{key}.nii.gz" for key in outputs}
         with _timed(self.last_timings, "write"):
-            write_outputs(
-                {paths[k]: outputs[k] for k in outputs},
-                {paths[k].with_name(paths[k].name[: -len(".nii.gz")] + ".json"): {**sidecar, "Output": k} for k in outputs},
-            )
+            write_outputs({paths[k]: images[k] for k in images},
+                          {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in images})
         return paths
 
 
@@ -358,6 +244,11 @@ def _volume(source, role: str) -> Volume:
     return as_volume(source, role)
 
 
-def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, **kwargs) -> dict[str, Path]:
-    """One-call API: build a :class:`Predictor` and segment one pair of files."""
-    return Predictor(task).run_files(t2_path, t1_path, out_dir, **kwargs)
+def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, registry: Registry | None = None,
+                  **values: Any) -> dict[str, Path]:
+    """One-call API: segment one pair of files with parameters named as in :func:`params.parameters`
+    (e.g. ``qc=True``, ``threshold=0.6``); returns {output key: path}."""
+    registry = registry or load_registry()
+    settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
+    predictor = Predictor(task, runtime=settings.runtime, registry=registry)
+    return predictor.run_files(t2_path, t1_path, settings.out_dir, settings.post, settings.qc)

@@ -6,79 +6,37 @@ voxels with the native voxel volume, so results do not depend on the voxel size.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
-from .registry import ClassDefaults
-
-MM3_PER_CM3 = 1000.0
+from .primitives import MM3_PER_CM3, connected_components
 
 
 @dataclass(frozen=True)
 class ClassPost:
     """Post-processing of one class: ``threshold`` (probability in [0, 1]), ``fill_holes``,
-    ``min_volume_cm3`` (components strictly smaller are removed; 0 keeps everything)."""
+    ``min_volume_cm3`` (components strictly smaller are removed; 0 keeps everything).
+
+    Values are checked where users give them (:func:`params.configure`), not here.
+    """
 
     threshold: float = 0.5
     fill_holes: bool = True
     min_volume_cm3: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0 or not math.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold}")
-        if not self.min_volume_cm3 >= 0.0 or not math.isfinite(self.min_volume_cm3):
-            raise ValueError(f"minimum volume must be >= 0 cm3, got {self.min_volume_cm3}")
-
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Per-class post-processing, plus ``soft``: write probabilities instead of masks."""
+    """Per-class post-processing ({class: :class:`ClassPost`}), plus ``soft``: write
+    probabilities instead of masks."""
 
     classes: Mapping[str, ClassPost]
     soft: bool = False
 
-    @classmethod
-    def from_defaults(cls, defaults: Mapping[str, ClassDefaults], soft: bool = False) -> "PostprocessConfig":
-        return cls({c: ClassPost(d.threshold, d.fill_holes, d.min_volume_cm3) for c, d in defaults.items()}, soft)
-
-    def with_overrides(self, threshold=None, fill_holes=None, min_volume_cm3=None, soft=None) -> "PostprocessConfig":
-        """Overrides: each a single value for every class or a {class: value} mapping."""
-        classes = dict(self.classes)
-        for field, value in (("threshold", threshold), ("fill_holes", fill_holes), ("min_volume_cm3", min_volume_cm3)):
-            if value is None:
-                continue
-            per_class = value if isinstance(value, Mapping) else {c: value for c in classes}
-            for c, v in per_class.items():
-                if c not in classes:
-                    raise ValueError(f"unknown class '{c}' (classes: {', '.join(classes)})")
-                classes[c] = replace(classes[c], **{field: v})
-        return PostprocessConfig(classes, self.soft if soft is None else bool(soft))
-
     def as_dict(self) -> dict:
         return {"soft": self.soft, "classes": {c: vars(p).copy() for c, p in self.classes.items()}}
-
-
-def connected_components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    """Label the non-zero voxels of ``mask``: (labels, count), 0 = background, 1..count = components.
-
-    ``connectivity``: neighbours within that many orthogonal hops (3D: 1 faces = 6-connected,
-    2 edges = 18, 3 corners = 26), as in ``skimage.measure.label``. Calls the Cython labeller behind
-    that function directly: its boolean path imports scipy.ndimage and skimage.morphology, a
-    quarter of a second on each run of the command. Falls back to the public function if a
-    scikit-image release moves the labeller.
-    """
-    try:
-        from skimage.measure._ccomp import label_cython
-
-        labels, count = label_cython(np.asarray(mask, dtype=bool).view(np.uint8), background=0, return_num=True, connectivity=connectivity)
-    except (ImportError, TypeError):
-        from skimage.measure import label
-
-        labels, count = label(mask, connectivity=connectivity, return_num=True)
-    return labels, int(count)
 
 
 def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from deepseg_imsct import cli
-from deepseg_imsct.errors import DeepsegError
 
 from onnx_models import CLASSES, write_registry
 from test_pipeline import write_case
@@ -56,21 +55,19 @@ def test_per_class_options_reach_the_sidecar(registry, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "values,expected",
-    [(["0.2"], {c: 0.2 for c in CLASSES}), (["200mm3"], {c: 0.2 for c in CLASSES}), (["1cm3"], {c: 1.0 for c in CLASSES}),
-     (["1", "2", "3", "4"], dict(zip(CLASSES, [1.0, 2.0, 3.0, 4.0]))), (["cavity=5e2mm3"], {"cavity": 0.5})],
+    "option,message",
+    [(["-remove-small", "1", "2"], r"-remove-small takes 1 value, 4 values \(tumor edema cavity whole-tumor\) or CLASS=VALUE pairs; got 2"),
+     (["-remove-small", "0.2vox"], r"-remove-small: '0.2vox' is not a volume \(examples: 0.2, 0.2cm3, 200mm3\)"),
+     (["-thr", "brain=1"], r"-thr: unknown class brain \(classes: tumor edema cavity whole-tumor\)"),
+     (["-fill-holes", "2"], "-fill-holes: '2' is not 0 or 1"),
+     (["-threads", "-1"], r"-threads must be >= 0 \(0 lets ONNX Runtime use the physical cores\)")],
 )
-def test_volume_values_with_units(values, expected):
-    assert cli.per_class(values, CLASSES, cli.volume_cm3, "-remove-small") == expected
-
-
-@pytest.mark.parametrize(
-    "values,message",
-    [(["1", "2"], "takes 1 value, 4 values"), (["0.2vox"], "not a volume"), (["brain=1"], "unknown class brain")],
-)
-def test_bad_per_class_values_are_clear_errors(values, message):
-    with pytest.raises(DeepsegError, match=message):
-        cli.per_class(values, CLASSES, cli.volume_cm3, "-remove-small")
+def test_bad_parameter_values_are_the_documented_one_line_errors(registry, tmp_path, capsys, option, message):
+    t2, t1 = write_case(tmp_path)
+    assert cli.main(["-i", str(t2), str(t1), *option]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and __import__("re").fullmatch("imsct_deepseg: error: " + message, err[0])
+    assert not list(tmp_path.glob("*_seg-*"))
 
 
 @pytest.mark.parametrize(

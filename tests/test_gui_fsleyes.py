@@ -454,7 +454,7 @@ def test_cancel_stops_the_command_and_loads_nothing(gui, registry, answered, tmp
 
 @pytest.mark.timeout(90, method="thread")
 def test_errors_show_the_commands_one_line_message(gui, registry, answered, tmp_path, capsys):
-    from deepseg_imsct import cli
+    from deepseg_imsct import cli, outputs
 
     overlays, _, frame = gui
     t2, t1 = write_case(tmp_path / "in")
@@ -463,7 +463,7 @@ def test_errors_show_the_commands_one_line_message(gui, registry, answered, tmp_
     assert pump(lambda: tools_item(frame) is not None and tools_item(frame).IsEnabled())
     fire(frame, tools_item(frame))
     assert pump(lambda: answered["errors"], timeout=30)
-    assert cli.main([logic.TASK_NAME, "-i", str(t2), str(t1)]) == 2
+    assert cli.main([outputs.DEFAULT_TASK, "-i", str(t2), str(t1)]) == 2
     printed = capsys.readouterr().err.strip().splitlines()[-1]
     assert printed.startswith(f"imsct_deepseg: error: T1w file not found: {t1}")
     assert answered["errors"] == [printed]

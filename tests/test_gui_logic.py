@@ -2,6 +2,7 @@
 cancellable child process, the launcher's arguments. No wx, no fsleyes: runs everywhere."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import pytest
 from onnx_models import CLASSES, write_registry
 from test_pipeline import write_case
 
-from deepseg_imsct import cli
+from deepseg_imsct import cli, outputs
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.gui import launcher, logic, runner, worker
 from deepseg_imsct.gui.logic import ImageInfo, Request
-from deepseg_imsct.task import ParamKind, Task
+from deepseg_imsct.params import ParamKind, convert_all
+from deepseg_imsct.task import Task
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def registry(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def task(registry) -> Task:
-    return Task(logic.TASK_NAME)
+    return Task(outputs.DEFAULT_TASK)
 
 
 def info(name: str, **kwargs) -> ImageInfo:
@@ -74,9 +76,9 @@ def test_form_is_built_from_the_task_specs(task):
     for param in ("threshold", "fill_holes", "min_volume_cm3"):
         assert [k for k in keys if k.startswith(param + ".")] == [f"{param}.{c}" for c in CLASSES]
     assert {"soft", "qc", "out_dir", "threads"} <= set(keys)
-    assert {f.param for f in fields} <= set(logic.OPTIONS), "every parameter needs its command option"
+    assert all(f.spec.option for f in fields), "every parameter needs its command option"
     volume = next(f for f in fields if f.key == "min_volume_cm3.edema")
-    assert volume.label == "Remove smaller than (cm³)" and volume.kind is ParamKind.FLOAT and volume.minimum == 0.0
+    assert volume.label == "Remove smaller than (cm³)" and volume.kind is ParamKind.VOLUME and volume.minimum == 0.0
 
 
 def test_defaults_parse_to_the_specs_defaults(task):
@@ -89,8 +91,8 @@ def test_defaults_parse_to_the_specs_defaults(task):
 
 @pytest.mark.parametrize(
     "values,message",
-    [({"threshold.tumor": 1.5}, r"Threshold of tumor: 1.5 is outside \[0.0, 1.0\]"),
-     ({"min_volume_cm3.cavity": -1}, r"of cavity: -1.0 is outside \[0.0, ∞\]"),
+    [({"threshold.tumor": 1.5}, r"Threshold of tumor: threshold 1.5 is not a probability in \[0, 1\]"),
+     ({"min_volume_cm3.cavity": -1}, r"Remove smaller than \(cm³\) of cavity: -1 is outside \[0.0, ∞\]"),
      ({"threads": "many"}, "CPU threads: 'many' is not a number")],
 )
 def test_bad_values_are_one_line_errors(task, values, message):
@@ -100,24 +102,23 @@ def test_bad_values_are_one_line_errors(task, values, message):
 
 
 def test_form_values_become_the_command_line_and_back(task, tmp_path):
-    fields = logic.form_fields(task.parameters(), task.classes())
+    specs = task.parameters()
+    fields = logic.form_fields(specs, task.classes())
     defaults = logic.parse_values(fields, {})
-    assert logic.command_args(logic.TASK_NAME, Path("a.nii.gz"), Path("b.nii.gz"), defaults, defaults) == \
-        [logic.TASK_NAME, "-i", "a.nii.gz", "b.nii.gz"]
+    assert logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), defaults, specs) == \
+        [outputs.DEFAULT_TASK, "-i", "a.nii.gz", "b.nii.gz"]
     values = {"threshold.edema": 0.35, "fill_holes.tumor": True, "min_volume_cm3.cavity": 0.125, "soft": True,
               "qc": True, "out_dir": f" {tmp_path} ", "threads": 2}
     params = logic.parse_values(fields, values)
-    args = logic.command_args(logic.TASK_NAME, Path("a.nii.gz"), Path("b.nii.gz"), params, defaults)
+    args = logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), params, specs)
     assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125", "-soft", "-qc",
                         "-o", str(tmp_path), "-threads", "2"]
-    parsed = cli.build_parser().parse_args(args)
-    assert {**defaults["threshold"], **cli.per_class(parsed.thr, CLASSES, cli.probability, "-thr")} == params["threshold"]
-    assert cli.per_class(parsed.remove_small, CLASSES, cli.volume_cm3, "-remove-small") == {"cavity": 0.125}
-    assert (parsed.soft, parsed.qc, parsed.o, parsed.threads) == (True, True, str(tmp_path), 2)
+    parsed = cli.build_parser(specs, task.classes()).parse_args(args)
+    assert convert_all(specs, task.classes(), cli.user_values(parsed, specs, task.classes())) == params  # the round trip
 
 
 def test_same_file_twice_is_refused():
-    request = Request(Path("x/a_T2w.nii.gz"), Path("x/../x/a_T2w.nii.gz"), {}, {}, tuple(CLASSES))
+    request = Request(Path("x/a_T2w.nii.gz"), Path("x/../x/a_T2w.nii.gz"), {}, [], tuple(CLASSES))
     with pytest.raises(DeepsegError, match="the same file .* was given as T2w and T1w"):
         request.check()
 
@@ -165,9 +166,8 @@ def test_the_gui_run_writes_what_the_task_run_writes(registry, task, tmp_path):
     """Same pipeline as the command: non-default form values, child process vs Task.run in-process."""
     t2, t1 = write_case(tmp_path / "in")
     fields = logic.form_fields(task.parameters(), task.classes())
-    defaults = logic.parse_values(fields, {})
     values = {"threshold.tumor": 0.3, "fill_holes.edema": True, "min_volume_cm3.whole-tumor": 0.05, "out_dir": str(tmp_path / "gui")}
-    request = Request(t2, t1, logic.parse_values(fields, values), defaults, task.classes())
+    request = Request(t2, t1, logic.parse_values(fields, values), task.parameters(), task.classes())
     run = runner.CommandRun(request.args(), request.outputs()).start()
     outcome = run.wait(120)
     assert outcome is not None and outcome.status is runner.Status.DONE, outcome
@@ -175,14 +175,17 @@ def test_the_gui_run_writes_what_the_task_run_writes(registry, task, tmp_path):
     assert set(outcome.outputs) == set(expected)
     for key, path in outcome.outputs.items():
         np.testing.assert_array_equal(nib.load(path).get_fdata(), nib.load(expected[key]).get_fdata())
-    sidecar = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
+    sidecar = outputs.sidecar_path(path).read_text()
     assert '"CommandLine": "imsct_deepseg seg_tumor-edema-cavity_t1-t2 -i ' in sidecar
+    api = json.loads(outputs.sidecar_path(expected[key]).read_text())
+    assert json.loads(sidecar)["Postprocessing"] == api["Postprocessing"]  # the same settings, through both paths
+    assert api["Postprocessing"]["classes"]["tumor"]["threshold"] == 0.3
     assert run.progress().text  # the command's last line
 
 
 def test_errors_are_the_commands_one_line_message(registry, tmp_path, capsys):
     t2, _ = write_case(tmp_path)
-    args = [logic.TASK_NAME, "-i", str(t2), str(tmp_path / "missing_T1w.nii.gz")]
+    args = [outputs.DEFAULT_TASK, "-i", str(t2), str(tmp_path / "missing_T1w.nii.gz")]
     outcome = runner.CommandRun(args, {}).start().wait(120)
     assert cli.main(args) == 2
     printed = capsys.readouterr().err.strip().splitlines()[-1]
@@ -196,7 +199,7 @@ def test_cancel_right_away_writes_nothing(registry, tmp_path, sigint):
     t2, t1 = write_case(tmp_path / "in")
     previous = signal.signal(signal.SIGINT, sigint)
     try:
-        run = runner.CommandRun([logic.TASK_NAME, "-i", str(t2), str(t1), "-o", str(tmp_path / "out")], {}).start()
+        run = runner.CommandRun([outputs.DEFAULT_TASK, "-i", str(t2), str(t1), "-o", str(tmp_path / "out")], {}).start()
     finally:
         signal.signal(signal.SIGINT, previous)
     time.sleep(0.2)  # inside the command's start-up

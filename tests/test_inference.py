@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from deepseg_imsct.errors import DeepsegError
-from deepseg_imsct.inference import OnnxModel, RuntimeOptions, n_windows, sliding_window, window_starts, zscore
+from deepseg_imsct.inference import OnnxModel, RuntimeOptions
+from deepseg_imsct.primitives import zscore
+from deepseg_imsct.segment import n_windows, sliding_window, window_starts
 from deepseg_imsct.registry import load_registry
 
 from onnx_models import pointwise_model, write_registry

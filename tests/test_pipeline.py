@@ -58,6 +58,32 @@ def test_masks_are_on_the_t2w_grid_and_right_in_scanner_space(predictor, axcodes
     assert list(result.timings) == ["resample", "localize", "crop", "segment", "resample_back", "postprocess"]
 
 
+def test_each_intermediate_is_computed_once(predictor, monkeypatch):
+    """One localizer call per case, and each input resampled onto the localizer's block once."""
+    from deepseg_imsct import localize, pipeline
+
+    blocks, calls = [], []
+    real_on_block, real_localizer = localize.on_block, predictor.localizer
+
+    def on_block(volume, block):
+        blocks.append(volume.name)
+        return real_on_block(volume, block)
+
+    class Counting:
+        spec = real_localizer.spec
+
+        def __call__(self, x):
+            calls.append(x.shape)
+            return real_localizer(x)
+
+    for module in (localize, pipeline):
+        monkeypatch.setattr(module, "on_block", on_block)
+    monkeypatch.setattr(predictor, "localizer", Counting())
+    t2, t1, _ = synthetic.case()
+    assert predictor(t2, t1).cord_found
+    assert len(calls) == 1 and len(blocks) == 2
+
+
 def test_t1w_on_its_own_grid_gives_the_same_masks(predictor):
     t2, t1_same, _ = synthetic.case()
     other_affine = synthetic.sagittal_affine("RAS", (2.5, 0.5, 0.6), (20, 300, 300), centre=(1.0, -3.0, 5.0))
@@ -88,7 +114,7 @@ def test_no_cord_found_warns_and_segments_the_whole_field_of_view(tmp_path, capl
 
 def test_soft_output_is_probabilities(predictor):
     t2, t1, truth = synthetic.case()
-    post = predictor.default_postprocessing().with_overrides(soft=True)
+    post = predictor.postprocessing(soft=True)
     prob = np.asanyarray(predictor(t2, t1, post).masks["tumor"].dataobj)
     assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
     assert prob[truth].mean() > 0.5 > prob[~truth].mean()
@@ -139,7 +165,7 @@ def test_a_failing_write_leaves_no_partial_file_and_earlier_outputs_intact(predi
         return real(self, *a, **k)
 
     monkeypatch.setattr(nib.Nifti1Image, "to_bytes", flaky)
-    post = predictor.default_postprocessing().with_overrides(threshold=0.9)
+    post = predictor.postprocessing(threshold=0.9)
     with pytest.raises(DeepsegError, match="No space left on device.*nothing was written"):
         predictor.run_files(t2, t1, out, post)
     assert {p: sha(p) for p in out.iterdir()} == before
@@ -160,23 +186,24 @@ def test_same_file_twice_is_refused(predictor, tmp_path):
 
 
 def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
-    from deepseg_imsct.grid import Grid
-    from deepseg_imsct.io import Volume
-    from deepseg_imsct.pipeline import looks_swapped
+    from deepseg_imsct.localize import looks_swapped
 
-    grid = Grid((40, 30, 20), np.eye(4))
-    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij")
+    shape = (40, 30, 20)
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     radius = np.hypot(jj - 15, kk - 10)
     cord, csf = radius <= 3, (radius > 3) & (radius <= 6)
 
-    def volume(cord_value, csf_value):
-        data = np.full(grid.shape, 200.0, np.float32)
+    def block(cord_value, csf_value):
+        data = np.full(shape, 200.0, np.float32)
         data[cord], data[csf] = cord_value, csf_value
-        return Volume(data, grid, nib.Nifti1Image(data, np.eye(4)))
+        data[:, :, :2] = np.nan  # outside the field of view: ignored
+        return data
 
-    t2, t1 = volume(300, 800), volume(300, 50)
-    assert not looks_swapped(t2, t1, cord, grid)
-    assert looks_swapped(t1, t2, cord, grid)
+    t2, t1 = block(300, 800), block(300, 50)
+    assert not looks_swapped(cord, t2, t1)
+    assert looks_swapped(cord, t1, t2)
+    assert not looks_swapped(cord, t2, t2) and not looks_swapped(cord, t1, t1)  # both must be reversed
+    assert not looks_swapped(np.ones(shape, bool), t1, t2)  # no shell around the cord: no verdict
 
 
 @pytest.mark.parametrize("degrees", [12.0, -20.0])
@@ -232,9 +259,9 @@ def test_any_header_geometry_gives_masks_on_the_t2w_grid(predictor, t2_axes, t1_
 def test_cord_predicted_in_the_padding_outside_the_field_of_view_is_ignored():
     """A small scan sits in the middle of the localizer's block: a large false 'cord' in the zero
     padding must not win over the real one inside the field of view (seen on a real T1w crop)."""
-    from deepseg_imsct.grid import Grid, resample
+    from deepseg_imsct.grid import resample
     from deepseg_imsct.io import as_volume
-    from deepseg_imsct.pipeline import find_cord
+    from deepseg_imsct.localize import find_cord, localizer_block, on_block
 
     spec = load_registry().model("imsct_localizer")
     affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # 60x50x40 mm, 1 mm voxels
@@ -253,12 +280,11 @@ def test_cord_predicted_in_the_padding_outside_the_field_of_view_is_ignored():
             prob[(0, 0) + sl] = 1.0  # a small one inside the field of view
             return prob
 
-    cord, block = find_cord(volume, Fake())
-    assert isinstance(block, Grid) and cord is not None
+    block = localizer_block(volume.grid, spec)
+    cord = find_cord(on_block(volume, block), block, Fake())
+    assert cord is not None and cord.shape == block.shape
     inside = ~np.isnan(resample(volume.data, volume.grid, block, order=0, fill=np.nan))
-    assert cord.sum() > 0 and inside[cord].all()
-    given = resample(volume.data, volume.grid, block, fill=np.nan)  # as localize() passes it, reused
-    np.testing.assert_array_equal(find_cord(volume, Fake(), given)[0], cord)
+    assert cord.sum() == 4 ** 3 and inside[cord].all()  # the small blob, whole; none of the big one
 
 
 # ------------------------------------------------------------------ back to the native grid, restricted
@@ -293,12 +319,11 @@ def _blobs(shape, spheres) -> np.ndarray:
 
 
 def _to_native(values: np.ndarray, src, native, order: int = 1) -> np.ndarray:
-    """Reference: (C, *src.shape) ``values`` resampled onto the whole of ``native`` (0 outside ``src``)."""
-    from deepseg_imsct.grid import uncrop
-    from deepseg_imsct.pipeline import native_block
+    """Reference: (C, *src.shape) ``values`` resampled onto the whole of ``native`` (0 outside ``src``),
+    by the one resampling function, with no footprint or reach box."""
+    from deepseg_imsct.grid import resample
 
-    block, start = native_block(values, src, native, order)
-    return uncrop(block, start, native.shape)
+    return resample(values, src, native, order=order, fill=0)
 
 
 @pytest.mark.parametrize("rotate", [0.0, 25.0], ids=["separable", "general"])
@@ -306,7 +331,7 @@ def test_resample_back_around_the_reach_box_equals_the_full_resample(rotate):
     """On an oblique T2w: restricted to the native voxels the threshold can reach, the
     probabilities equal the whole-grid resampling there, and the masks everywhere."""
     from deepseg_imsct.grid import crop, uncrop
-    from deepseg_imsct.pipeline import native_block, reach_box
+    from deepseg_imsct.resample_back import native_block, reach_box
 
     native = _oblique_native()
     grid = _crop_of(native, rotate)
@@ -354,7 +379,7 @@ def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
 
 def test_localization_masks_equal_their_whole_grid_definition():
     from deepseg_imsct.grid import working_grid
-    from deepseg_imsct.pipeline import localization_masks
+    from deepseg_imsct.resample_back import localization_masks
 
     native = _oblique_native()
     block = working_grid(native, (2.0, 2.0, 4.0))

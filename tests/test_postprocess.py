@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepseg_imsct.grid import bounding_box, crop, uncrop
-from deepseg_imsct.postprocess import (ClassPost, PostprocessConfig, binarize, connected_components, fill_holes, postprocess,
-                                      remove_small)
-from deepseg_imsct.registry import ClassDefaults
+from deepseg_imsct.postprocess import ClassPost, binarize, fill_holes, postprocess, remove_small
+from deepseg_imsct.primitives import connected_components
 
 
 def test_binarize_keeps_values_at_the_threshold():
@@ -71,20 +70,6 @@ def test_postprocess_order_binarize_fill_then_remove():
     assert out.dtype == np.uint8 and out.sum() == 343
     assert postprocess(prob, ClassPost(0.5, False, 0.3), 1.0).sum() == 343 - 27  # unfilled 316 mm³: kept
     assert postprocess(prob, ClassPost(0.5, False, 0.32), 1.0).sum() == 0
-
-
-def test_config_overrides_per_class_and_validation():
-    base = PostprocessConfig.from_defaults({"tumor": ClassDefaults(0.5, True, 0.2), "edema": ClassDefaults(0.5, True, 0.5)})
-    cfg = base.with_overrides(threshold=0.3, min_volume_cm3={"edema": 1.0}, fill_holes={"tumor": False}, soft=True)
-    assert cfg.classes["tumor"] == ClassPost(0.3, False, 0.2)
-    assert cfg.classes["edema"] == ClassPost(0.3, True, 1.0)
-    assert cfg.soft and not base.soft
-    with pytest.raises(ValueError, match="unknown class"):
-        base.with_overrides(threshold={"cavity": 0.5})
-    with pytest.raises(ValueError, match="probability"):
-        base.with_overrides(threshold=1.5)
-    with pytest.raises(ValueError, match=">= 0"):
-        base.with_overrides(min_volume_cm3=-1)
 
 
 def _walled_case(seed: int) -> np.ndarray:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import nibabel as nib
 import pytest
 
-from deepseg_imsct.task import TUMOR_EDEMA_CAVITY, ParamKind, Task, discover_tasks
+from deepseg_imsct.params import ParamKind
+from deepseg_imsct.task import TUMOR_EDEMA_CAVITY, Task, discover_tasks
 
 from onnx_models import CLASSES, write_registry
 from test_pipeline import write_case

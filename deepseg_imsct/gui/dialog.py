@@ -11,7 +11,7 @@ from typing import Any
 
 import wx
 
-from ..task import ParamKind
+from ..params import ParamKind
 from .logic import MENU_LABEL, Field
 from .runner import CommandRun, Outcome, Progress
 

@@ -20,10 +20,10 @@ from fsl.data.image import Image
 from fsleyes.actions.base import Action
 
 from ..errors import DeepsegError
+from ..outputs import DEFAULT_TASK, ERROR_PREFIX
 from ..task import Task
 from . import dialog
 from .logic import (
-    TASK_NAME,
     Field,
     ImageInfo,
     Request,
@@ -36,7 +36,6 @@ from .logic import (
 from .runner import CommandRun, Outcome, Status
 
 log = logging.getLogger(__name__)
-ERROR_PREFIX = "imsct_deepseg: error: "
 
 
 def image_info(image: Image) -> ImageInfo:
@@ -86,7 +85,7 @@ class SegmentTumorAction(Action):
     def form() -> tuple[list[Field], tuple[str, ...]]:
         """The form fields and classes, from the task's own parameter specs (DeepsegError if the
         task's models are not in the registry)."""
-        task = Task(TASK_NAME)
+        task = Task(DEFAULT_TASK)
         classes = task.classes()
         return form_fields(task.parameters(), classes), classes
 
@@ -97,8 +96,8 @@ class SegmentTumorAction(Action):
         t2, t1 = selection
         if t2 < 0 or t1 < 0:
             raise DeepsegError("choose the T2w and the T1w")
-        request = Request(infos[t2].path, infos[t1].path, parse_values(fields, values), parse_values(fields, {}),
-                          tuple(classes))
+        specs = list({field.param: field.spec for field in fields}.values())
+        request = Request(infos[t2].path, infos[t1].path, parse_values(fields, values), specs, tuple(classes))
         request.check()
         return request
 

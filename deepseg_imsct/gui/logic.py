@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import outputs
 from ..errors import DeepsegError
-from ..task import ParamKind, ParamSpec
+from ..params import ParamKind, ParamSpec
 
 MENU_LABEL = "Segment spinal cord tumor (T2w + T1w)…"  # the fsleyes_tools entry-point name in setup.cfg
-TASK_NAME = "seg_tumor-edema-cavity_t1-t2"
 LAYOUT_NAME = "imsct"  # the fsleyes_layouts entry-point name in setup.cfg
 
 T2_TOKENS = {"t2", "t2w", "t2wi", "t2tse", "t2fse", "t2space"}
@@ -29,22 +29,8 @@ PRE_TOKENS = {"pre", "precontrast", "native", "t1pre"}
 MASK_TOKENS = {"seg", "mask", "label", "labels", "dseg", "probseg", "roi", "cropbox", "lesion", "gt", "manual"}
 NAME_WEIGHT, HEADER_WEIGHT, NOT_AN_INPUT = 1.0, 0.5, -10.0
 
-# per-parameter command option; a parameter missing here is an error, so a new ParamSpec needs a line
-OPTIONS = {"threshold": "-thr", "fill_holes": "-fill-holes", "min_volume_cm3": "-remove-small", "soft": "-soft",
-           "qc": "-qc", "out_dir": "-o", "threads": "-threads"}
-LABELS = {"threshold": "Threshold", "fill_holes": "Fill holes", "min_volume_cm3": "Remove smaller than",
-          "soft": "Soft output (probabilities)", "qc": "QC outputs (cord mask, crop box)", "out_dir": "Output folder",
-          "threads": "CPU threads"}
-
-COLOURS = {  # same colours as the viewer command that imsct_deepseg prints
-    "seg-tumor": (1.0, 0.0, 0.0), "seg-edema": (0.0, 1.0, 0.0), "seg-cavity": (0.0, 0.4, 1.0),
-    "seg-whole-tumor": (1.0, 1.0, 0.0), "seg-cord": (0.85, 0.55, 0.25), "cropbox": (0.0, 1.0, 1.0),
-}
-COLOUR_MAPS = {"seg-tumor": "red", "seg-edema": "green", "seg-cavity": "blue", "seg-whole-tumor": "yellow",
-               "seg-cord": "copper", "cropbox": "cool"}
 HIDDEN = {"seg-whole-tumor"}  # loaded but not shown: it covers the three classes
-OUTLINED = {"seg-cord", "cropbox"}
-DRAW_ORDER = ["cropbox", "seg-cord", "seg-whole-tumor", "seg-edema", "seg-cavity", "seg-tumor"]  # last on top
+OUTLINED = set(outputs.QC_KEYS)
 MASK_ALPHA = 70.0
 
 
@@ -109,14 +95,32 @@ def choose_inputs(images: Sequence[ImageInfo]) -> tuple[int | None, int | None]:
 class Field:
     """One widget of the form: a parameter, or one class's value of a per-class parameter."""
 
-    param: str
-    cls: str | None
-    kind: ParamKind
-    default: Any
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    unit: str = ""
+    spec: ParamSpec
+    cls: str | None = None
+
+    @property
+    def param(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> ParamKind:
+        return self.spec.kind
+
+    @property
+    def default(self) -> Any:
+        return self.spec.default[self.cls] if self.cls is not None else self.spec.default
+
+    @property
+    def help(self) -> str:
+        return self.spec.help
+
+    @property
+    def minimum(self) -> float | None:
+        return self.spec.minimum
+
+    @property
+    def maximum(self) -> float | None:
+        return self.spec.maximum
 
     @property
     def key(self) -> str:
@@ -124,44 +128,22 @@ class Field:
 
     @property
     def label(self) -> str:
-        base = LABELS.get(self.param, self.param.replace("_", " ").capitalize())
-        return f"{base} ({self.unit})" if self.unit else base
+        return f"{self.spec.label} ({self.spec.unit})" if self.spec.unit else self.spec.label
 
 
 def form_fields(specs: Sequence[ParamSpec], classes: Sequence[str]) -> list[Field]:
     """The task's parameter specs as form fields, per-class ones expanded to one field per class."""
-    fields = []
-    for spec in specs:
-        for cls in (classes if spec.per_class else [None]):
-            default = spec.default.get(cls) if isinstance(spec.default, Mapping) else spec.default
-            fields.append(Field(spec.name, cls, spec.kind, default, spec.help, spec.minimum, spec.maximum, spec.unit))
-    return fields
-
-
-def _convert(field: Field, raw: Any) -> Any:
-    if field.kind is ParamKind.BOOL:
-        return bool(raw)
-    if field.kind is ParamKind.PATH:
-        text = str(raw).strip() if raw is not None else ""
-        return Path(text).expanduser() if text else None
-    where = f"{field.label}{' of ' + field.cls if field.cls else ''}"
-    try:
-        value = int(raw) if field.kind is ParamKind.INT else float(raw)
-    except (TypeError, ValueError):
-        raise DeepsegError(f"{where}: '{raw}' is not a number") from None
-    low = field.minimum if field.minimum is not None else float("-inf")
-    high = field.maximum if field.maximum is not None else float("inf")
-    if not low <= value <= high:
-        raise DeepsegError(f"{where}: {value} is outside [{field.minimum}, {field.maximum if field.maximum is not None else '∞'}]")
-    return value
+    return [Field(spec, cls) for spec in specs for cls in (classes if spec.per_class else [None])]
 
 
 def parse_values(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str, Any]:
     """Form values ({field key: raw value}; missing: default) -> the task's parameters, named as in
-    :meth:`~deepseg_imsct.task.Task.run` (per-class ones as {class: value}). Raises DeepsegError."""
+    :meth:`~deepseg_imsct.task.Task.run` (per-class ones as {class: value}), each checked by its
+    spec (:meth:`~deepseg_imsct.params.ParamSpec.convert`). Raises DeepsegError."""
     params: dict[str, Any] = {}
     for field in fields:
-        value = _convert(field, values.get(field.key, field.default))
+        where = f"{field.label}{' of ' + field.cls if field.cls else ''}"
+        value = field.spec.convert(values.get(field.key, field.default), where)
         if field.cls is None:
             params[field.param] = value
         else:
@@ -175,14 +157,15 @@ def _text(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
-    """``imsct_deepseg`` arguments that run ``params`` (only values differing from ``defaults`` are
-    spelled out, per class as CLASS=VALUE), e.g. [task, '-i', t2, t1, '-thr', 'edema=0.3']."""
+def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs: Sequence[ParamSpec]) -> list[str]:
+    """``imsct_deepseg`` arguments that run ``params`` (only values differing from the specs'
+    defaults are spelled out, per class as CLASS=VALUE), e.g. [task, '-i', t2, t1, '-thr', 'edema=0.3']."""
     args = [task, "-i", str(t2), str(t1)]
+    by_name = {spec.name: spec for spec in specs}
     for name, value in params.items():
-        if name not in OPTIONS:
-            raise DeepsegError(f"the GUI does not know the command option of parameter '{name}'")
-        option, default = OPTIONS[name], defaults.get(name)
+        if name not in by_name:
+            raise DeepsegError(f"the task has no parameter '{name}'")
+        option, default = by_name[name].option, by_name[name].default
         if isinstance(value, Mapping):
             changed = [f"{c}={_text(v)}" for c, v in value.items() if v != (default or {}).get(c)]
             args += [option, *changed] if changed else []
@@ -194,28 +177,23 @@ def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], defau
 
 
 def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: bool) -> dict[str, Path]:
-    """{output key: path} that the command writes (same naming as :meth:`Predictor.run_files`)."""
-    from ..io import nifti_stem
-
-    folder = Path(out_dir) if out_dir else Path(t2).parent
-    keys = [f"seg-{c}" for c in classes] + (["seg-cord", "cropbox"] if qc else [])
-    return {key: folder / f"{nifti_stem(Path(t2))}_{key}.nii.gz" for key in keys}
+    """{output key: path} that the command writes (:mod:`deepseg_imsct.outputs` names them)."""
+    return outputs.output_paths(t2, out_dir, outputs.output_keys(classes, qc))
 
 
 def overlay_settings(key: str, soft: bool) -> dict[str, Any]:
     """FSLeyes Display/DisplayOpts property values for one output (passed to OverlayList.append)."""
     settings: dict[str, Any] = {"enabled": key not in HIDDEN}
-    if soft and key.startswith("seg-") and key != "seg-cord":
-        return {**settings, "overlayType": "volume", "cmap": COLOUR_MAPS.get(key, "hot"),
+    if soft and key.startswith("seg-") and key != outputs.CORD:
+        return {**settings, "overlayType": "volume", "cmap": outputs.COLOUR_MAPS.get(key, "hot"),
                 "displayRange": (0.0, 1.0), "clippingRange": (0.05, 1.01), "alpha": MASK_ALPHA}
-    return {**settings, "overlayType": "mask", "colour": COLOURS.get(key, (1.0, 0.5, 0.0)),
+    return {**settings, "overlayType": "mask", "colour": outputs.COLOURS.get(key, (1.0, 0.5, 0.0)),
             "outline": key in OUTLINED, "alpha": 100.0 if key in OUTLINED else MASK_ALPHA}
 
 
 def load_order(keys: Sequence[str]) -> list[str]:
     """Keys in the order to load them (the last one drawn on top): tumor over edema over whole tumor."""
-    rank = {k: i for i, k in enumerate(DRAW_ORDER)}
-    return sorted(keys, key=lambda k: (rank.get(k, -1), k))
+    return sorted(keys, key=outputs.draw_rank)
 
 
 @dataclass(frozen=True)
@@ -225,16 +203,17 @@ class Request:
     t2: Path
     t1: Path
     params: Mapping[str, Any]
-    defaults: Mapping[str, Any]
+    specs: Sequence[ParamSpec]
     classes: tuple[str, ...]
-    task: str = TASK_NAME
+    task: str = outputs.DEFAULT_TASK
 
     def check(self) -> None:
-        if Path(self.t2).resolve() == Path(self.t1).resolve():
-            raise DeepsegError(f"the same file {self.t2} was given as T2w and T1w: give the T2w and the gadolinium T1w")
+        from ..io import check_distinct
+
+        check_distinct(self.t2, self.t1)
 
     def args(self) -> list[str]:
-        return command_args(self.task, self.t2, self.t1, self.params, self.defaults)
+        return command_args(self.task, self.t2, self.t1, self.params, self.specs)
 
     def outputs(self) -> dict[str, Path]:
         return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, bool(self.params.get("qc")))

@@ -3,12 +3,11 @@
 The GUI polls :meth:`CommandRun.progress` and :meth:`CommandRun.outcome` from its main loop;
 one reader thread follows the child's stderr (log lines and the tqdm bar of the sliding window).
 Cancel sends SIGTERM (the worker turns it into the command's Ctrl-C path: nothing written or
-changed), and SIGKILL after a grace period; after a kill, the command's temporary ``.part`` files
-of the expected outputs are removed, so no partial output is ever left behind.
+changed), and SIGKILL after a grace period; after a kill, the command's temporary files of the
+expected outputs (:func:`deepseg_imsct.outputs.temporary_files`) are removed, so no partial output is ever left behind.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -21,9 +20,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from ..outputs import ERROR_PREFIX, PROG, temporary_files
+
 log = logging.getLogger(__name__)
 
-ERROR_PREFIX = "imsct_deepseg: error: "
 BAR = re.compile(r"^\s*(?P<desc>[^:|]*?):?\s*\d+%\|.*?\|\s*(?P<n>\d+)/(?P<total>\d+)")
 SPLIT = re.compile(r"[\r\n]")
 GRACE_S = 10.0
@@ -71,17 +71,7 @@ def error_message(lines: Sequence[str], returncode: int) -> str:
         if line.startswith(ERROR_PREFIX):
             return line.strip()
     last = next((line.strip() for line in reversed(lines) if line.strip()), "no message")
-    return f"imsct_deepseg failed (exit status {returncode}): {last}"
-
-
-def temporary_files(outputs: Mapping[str, Path]) -> list[Path]:
-    """The command's temporary files (``.NAME.*.part``) for the outputs and their JSON sidecars."""
-    found = []
-    for path in outputs.values():
-        names = [path.name, path.name[: -len(".nii.gz")] + ".json" if path.name.endswith(".nii.gz") else path.name]
-        for name in names:
-            found += [Path(p) for p in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(name)}.*.part"))]
-    return sorted(set(found))
+    return f"{PROG} failed (exit status {returncode}): {last}"
 
 
 def worker_command(args: Sequence[str], python: str | None = None) -> list[str]:

@@ -1,0 +1,174 @@
+"""The user's parameters: one description of each, and one translator into the pipeline's settings.
+
+:func:`parameters` describes every parameter a user sets (name, type, unit, default from the
+model's registry entry, range, help, the command's option, the form's label). The command's
+options (:mod:`cli`), the FSLeyes form (:mod:`gui.logic`) and :meth:`task.Task.parameters` are
+generated from it; :meth:`ParamSpec.convert` is the one check of a value, and :func:`configure`
+the one translator of values into :class:`Settings`, used by the command, the Python API,
+:meth:`task.Task.run` and (through the command) the GUI.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from .errors import DeepsegError
+
+if TYPE_CHECKING:  # imported where used: describing parameters (the command's -h) needs no numpy
+    from .inference import RuntimeOptions
+    from .postprocess import PostprocessConfig
+    from .registry import ClassDefaults, ModelSpec
+
+VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3)?\s*$")
+
+
+class ParamKind(str, Enum):
+    FLOAT = "float"
+    BOOL = "bool"
+    INT = "int"
+    PATH = "path"
+    VOLUME = "volume"  # cm³; as text also '200mm3' or '0.2cm3'
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One user-settable parameter. ``per_class``: one value per output class (``default`` is then
+    {class: value}). ``invalid``: the message for a value outside [minimum, maximum], with
+    ``{where}`` (the option, label or name the user gave it by) and ``{value}`` (as given)."""
+
+    name: str
+    kind: ParamKind
+    default: Any
+    help: str
+    per_class: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""
+    option: str = ""  # the command's option
+    metavar: str = ""
+    label: str = ""  # the form's label
+    invalid: str = "{where}: {value} is outside [{minimum}, {maximum}]"
+
+    def convert(self, raw: Any, where: str) -> Any:
+        """A value as the user gave it (command text, a form widget's value, a Python value),
+        typed and checked; raises DeepsegError naming ``where``."""
+        if self.kind is ParamKind.PATH:
+            text = str(raw).strip() if raw is not None else ""
+            return Path(text).expanduser() if text else None
+        if self.kind is ParamKind.BOOL:
+            if isinstance(raw, str) and raw not in ("0", "1"):
+                raise DeepsegError(f"{where}: '{raw}' is not 0 or 1")
+            return raw == "1" if isinstance(raw, str) else bool(raw)
+        value = self._number(raw, where)
+        low = -math.inf if self.minimum is None else self.minimum
+        high = math.inf if self.maximum is None else self.maximum
+        if not low <= value <= high:  # NaN included
+            raise DeepsegError(self.invalid.format(where=where, value=raw, minimum=self.minimum,
+                                                   maximum="∞" if self.maximum is None else self.maximum))
+        return value
+
+    def _number(self, raw: Any, where: str) -> float | int:
+        if self.kind is ParamKind.VOLUME and isinstance(raw, str):
+            match = VOLUME.match(raw)
+            if not match:
+                raise DeepsegError(f"{where}: '{raw}' is not a volume (examples: 0.2, 0.2cm3, 200mm3)")
+            return float(match.group(1)) / (1000.0 if match.group(2) == "mm3" else 1.0)
+        try:
+            return int(raw) if self.kind is ParamKind.INT else float(raw)
+        except (TypeError, ValueError):
+            if self.kind is ParamKind.FLOAT and isinstance(raw, str):
+                return math.nan  # refused by the range check, with its message
+            raise DeepsegError(f"{where}: '{raw}' is not a number") from None
+
+    def default_text(self) -> str:
+        """The default as help text: 'tumor 0.7, edema 0.3' per class, one value when all agree."""
+        if not self.per_class:
+            return str(self.default)
+        values = {_text(v) for v in self.default.values()}
+        if len(values) == 1:
+            return values.pop()
+        return ", ".join(f"{c} {_text(v)}" for c, v in self.default.items())
+
+
+def _text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
+    """Every parameter of a run; per-class defaults from the segmenter's registry entry
+    (``ModelSpec.postprocessing``: {class: defaults}, whose keys are the classes)."""
+    return [
+        ParamSpec("threshold", ParamKind.FLOAT, {c: d.threshold for c, d in defaults.items()},
+                  "Binarization threshold on the probability (voxels >= threshold are kept)", True, 0.0, 1.0,
+                  option="-thr", metavar="P", label="Threshold",
+                  invalid="{where}: threshold {value} is not a probability in [0, 1] (use -soft for probabilities)"),
+        ParamSpec("fill_holes", ParamKind.BOOL, {c: d.fill_holes for c, d in defaults.items()},
+                  "Fill 3D holes in each mask", True, option="-fill-holes", metavar="0|1", label="Fill holes"),
+        ParamSpec("min_volume_cm3", ParamKind.VOLUME, {c: d.min_volume_cm3 for c, d in defaults.items()},
+                  "Remove connected components smaller than this volume",
+                  True, 0.0, None, "cm³", option="-remove-small", metavar="VOL", label="Remove smaller than"),
+        ParamSpec("soft", ParamKind.BOOL, False, "Write probabilities (float32) instead of binary masks; thresholds are then ignored",
+                  option="-soft", label="Soft output (probabilities)"),
+        ParamSpec("qc", ParamKind.BOOL, False, "Also write the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
+                  option="-qc", label="QC outputs (cord mask, crop box)"),
+        ParamSpec("out_dir", ParamKind.PATH, None, "Output folder (default: the T2w's folder; created if missing)",
+                  option="-o", metavar="FOLDER", label="Output folder"),
+        ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0,
+                  option="-threads", metavar="N", label="CPU threads",
+                  invalid="{where} must be >= 0 (0 lets ONNX Runtime use the physical cores)"),
+    ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run needs from the user's parameters."""
+
+    post: PostprocessConfig
+    runtime: RuntimeOptions
+    out_dir: Path | None = None
+    qc: bool = False
+
+
+Naming = Callable[[ParamSpec, "str | None"], str]
+
+
+def by_name(spec: ParamSpec, cls: str | None) -> str:
+    """How a value is named in messages of the Python API: 'threshold' or 'threshold of edema'."""
+    return spec.name if cls is None else f"{spec.name} of {cls}"
+
+
+def convert_all(specs: Sequence[ParamSpec], classes: Sequence[str], values: Mapping[str, Any],
+                naming: Naming = by_name) -> dict[str, Any]:
+    """Every parameter, typed and checked: a given value (per class: one for all classes or a
+    {class: value} mapping) or else the default; per-class ones as {class: value}."""
+    known = {spec.name: spec for spec in specs}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise DeepsegError(f"unknown parameter {', '.join(sorted(unknown))} (parameters: {', '.join(known)})")
+    out: dict[str, Any] = {}
+    for spec in specs:
+        given = values.get(spec.name)
+        if not spec.per_class:
+            out[spec.name] = spec.default if given is None else spec.convert(given, naming(spec, None))
+            continue
+        given = {} if given is None else given if isinstance(given, Mapping) else {c: given for c in classes}
+        stray = set(given) - set(classes)
+        if stray:
+            raise DeepsegError(f"{naming(spec, None)}: unknown class {', '.join(sorted(stray))} (classes: {' '.join(classes)})")
+        out[spec.name] = {c: spec.convert(given[c], naming(spec, c)) if c in given else spec.default[c] for c in classes}
+    return out
+
+
+def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_name) -> Settings:
+    """The one translator: user values ({parameter name: value}, missing: default) -> :class:`Settings`."""
+    from .inference import RuntimeOptions
+    from .postprocess import ClassPost, PostprocessConfig
+
+    v = convert_all(parameters(model.postprocessing), model.classes, values, naming)
+    post = PostprocessConfig({c: ClassPost(v["threshold"][c], v["fill_holes"][c], v["min_volume_cm3"][c]) for c in model.classes},
+                             soft=bool(v["soft"]))
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]))
