@@ -1,7 +1,11 @@
-"""The real command with the shipped models on testing_data/, against committed reference outputs.
+"""The real command with the shipped models on testing_data/: scored against its ground truth, and
+compared voxel for voxel with committed reference outputs.
 
-Regenerate the references after a deliberate model or pipeline change (and say why in the commit):
-``python tests/test_end_to_end.py --regenerate``.
+The ground truth (``testing_data/derivatives/labels``) is what the phantom generator drew, so the
+scores cannot drift with the code: a Dice floor per class sits just below what the shipped models
+reach (a regression fails), and a class present in the ground truth but empty in the output fails.
+The references catch any change at all; regenerate them only after a deliberate model or pipeline
+change (and say why in the commit): ``python tests/test_end_to_end.py --regenerate``.
 """
 from __future__ import annotations
 
@@ -13,35 +17,32 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from deepseg_imsct import cli
+from deepseg_imsct import cli, outputs
+from deepseg_imsct.evaluate import box_contains, dice
 from deepseg_imsct.registry import load_registry
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
 ANAT = REPO / "testing_data" / "sub-test01" / "anat"
+LABELS = REPO / "testing_data" / "derivatives" / "labels" / "sub-test01" / "anat"
 T2, T1 = ANAT / "sub-test01_T2w.nii.gz", ANAT / "sub-test01_T1w.nii.gz"
 REFERENCE = HERE / "reference"
-OUTPUTS = ["seg-tumor", "seg-edema", "seg-cavity", "seg-whole-tumor", "seg-cord", "cropbox"]
+CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
+OUTPUTS = outputs.output_keys(CLASSES, qc=True)
+# Dice of the shipped models (localizer 0.1.2, segmenter 1.1.1) on sub-test01, and the floor just below it
+DICE_FLOORS = {"tumor": 0.69, "edema": 0.42, "whole-tumor": 0.82, "cord": 0.87}  # reached: 0.705, 0.439, 0.839, 0.885
 
 
 def run_command(out: Path) -> None:
     assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(T2), str(T1), "-o", str(out), "-qc", "-v", "0"]) == 0
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+def mask(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj) > 0
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory, monkeypatch_module) -> Path:
-    monkeypatch_module.delenv("DEEPSEG_IMSCT_REGISTRY", raising=False)
-    monkeypatch_module.setenv("DEEPSEG_IMSCT_HOME", str(tmp_path_factory.mktemp("cache")))
-    if not load_registry().models:
-        pytest.skip("the registry lists no models yet")
-    out = tmp_path_factory.mktemp("e2e")
-    run_command(out)
-    return out
+def truth(label: str) -> np.ndarray:
+    return mask(LABELS / f"sub-test01_T2w_seg-{label}.nii.gz")
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,49 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.mark.parametrize("name", OUTPUTS)
-def test_outputs_match_committed_references(outputs, name):
-    got = nib.load(outputs / f"sub-test01_T2w_{name}.nii.gz")
-    ref = nib.load(REFERENCE / f"sub-test01_T2w_{name}.nii.gz")
-    t2 = nib.load(T2)
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, monkeypatch_module) -> Path:
+    monkeypatch_module.delenv("DEEPSEG_IMSCT_REGISTRY", raising=False)
+    monkeypatch_module.setenv("DEEPSEG_IMSCT_HOME", str(tmp_path_factory.mktemp("cache")))
+    if not load_registry().models:
+        pytest.skip("the registry lists no models yet")
+    folder = tmp_path_factory.mktemp("e2e")
+    run_command(folder)
+    return folder
+
+
+def output(out: Path, key: str) -> Path:
+    return outputs.output_paths(T2, out, [key])[key]
+
+
+@pytest.mark.parametrize("label", [
+    *DICE_FLOORS,
+    pytest.param("cavity", marks=pytest.mark.xfail(strict=True, reason="segmenter 1.1.1 finds no cavity on sub-test01 "
+                                                   "(ground truth: 425 voxels); remove this mark and add a floor when one does")),
+])
+def test_outputs_score_against_the_ground_truth(out, label):
+    gt, pred = truth(label), mask(output(out, outputs.CORD if label == "cord" else outputs.class_key(label)))
+    assert gt.any(), "the ground truth holds every class"
+    assert pred.any(), f"{label}: present in the ground truth ({int(gt.sum())} voxels), empty in the output"
+    assert dice(pred, gt) >= DICE_FLOORS.get(label, 0.0) and dice(pred, gt) > 0
+
+
+def test_the_crop_box_holds_every_lesion_voxel(out):
+    lesion = truth("whole-tumor") | truth("cavity")
+    assert box_contains(mask(output(out, outputs.CROPBOX)), lesion) == 1.0
+
+
+@pytest.mark.parametrize("key", OUTPUTS)
+def test_outputs_equal_the_committed_references_voxel_for_voxel(out, key):
+    got, ref, t2 = nib.load(output(out, key)), nib.load(REFERENCE / output(out, key).name), nib.load(T2)
     assert got.shape == t2.shape and np.array_equal(got.affine, t2.affine)
     assert got.get_data_dtype() == np.uint8
-    assert dice(np.asanyarray(got.dataobj) > 0, np.asanyarray(ref.dataobj) > 0) >= 0.999
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(ref.dataobj))
 
 
-def test_inputs_and_outputs_are_where_the_readme_says(outputs):
-    assert sorted(p.name for p in outputs.glob("*.json")) == sorted(f"sub-test01_T2w_{n}.json" for n in OUTPUTS)
+def test_inputs_and_outputs_are_where_the_readme_says(out):
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(outputs.sidecar_path(output(out, k)).name for k in OUTPUTS)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-test01_T2w_{k}.nii.gz" for k in OUTPUTS)
 
 
 if __name__ == "__main__" and "--regenerate" in sys.argv:
@@ -71,6 +103,6 @@ if __name__ == "__main__" and "--regenerate" in sys.argv:
     with tempfile.TemporaryDirectory() as tmp:
         run_command(Path(tmp))
         REFERENCE.mkdir(exist_ok=True)
-        for name in OUTPUTS:
-            shutil.copy(Path(tmp) / f"sub-test01_T2w_{name}.nii.gz", REFERENCE)
+        for key in OUTPUTS:
+            shutil.copy(output(Path(tmp), key), REFERENCE)
     print(f"references written to {REFERENCE}")

@@ -60,18 +60,22 @@ def test_crop_box_is_shifted_inside_the_field_of_view_when_it_fits():
     assert box.start[2] == 0 and box.size[2] == 32  # centred start would be -13: clipped into the 40 slices
 
 
-def test_box_follows_the_mask_in_scanner_space_from_another_grid():
-    native_affine = np.diag([3.0, 0.5, 0.5, 1.0])[[0, 1, 2, 3]]  # R-L slices of 3 mm, A-P and S-I 0.5 mm
-    native = Grid((16, 500, 800), native_affine)
+@pytest.mark.parametrize("slices,narrow", [(16, True), (60, False)], ids=["R-L-narrower-than-a-patch", "R-L-wide"])
+def test_box_follows_the_mask_in_scanner_space_from_another_grid(slices, narrow):
+    native_affine = np.diag([3.0, 0.5, 0.5, 1.0])  # R-L slices of 3 mm, A-P and S-I 0.5 mm
+    native = Grid((slices, 500, 800), native_affine)
     loc_grid = working_grid(native, (2.0, 2.0, 4.0))
     mask = np.zeros(loc_grid.shape, bool)
     mask[50:120, 40:50, 5:7] = True
     box, work = box_for_mask(mask, loc_grid, native, (1.0, 1.0, 2.0), (1.2, 1.2, 1.0), PATCH, STRIDE)
     assert work.zooms.tolist() == [1.0, 1.0, 2.0]
-    corners = mask_extent_mm(mask, loc_grid)
-    vox = apply_affine(np.linalg.inv(work.affine), corners)
-    assert np.all(vox.min(0) >= np.asarray(box.start) - 0.5 - 1e-6) or box.size[2] >= work.shape[2]
-    assert np.all(vox.max(0)[:2] <= np.asarray(box.start[:2]) + box.size[:2] - 0.5 + 1e-6)
+    vox = apply_affine(np.linalg.inv(work.affine), mask_extent_mm(mask, loc_grid))  # the mask's voxel edges
+    start, end = np.asarray(box.start), np.asarray(box.start) + box.size
+    np.testing.assert_array_less(start - 0.5 - 1e-6, vox.min(0))  # inside the box on every axis, R-L included
+    np.testing.assert_array_less(vox.max(0), end - 0.5 + 1e-6)
+    spans_rl = start[2] <= 0 and end[2] >= work.shape[2]
+    assert spans_rl == narrow  # the wide scan's box is a strict part of R-L: the containment above means something
+    assert np.all(start[:2] > 0) and np.all(end[:2] < work.shape[:2])  # S-I and A-P: a crop, not the field of view
 
 
 def test_no_cord_falls_back_to_the_whole_field_of_view():
