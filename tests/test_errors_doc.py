@@ -536,7 +536,8 @@ def _broken_shipped_registry(env: Env, text: str | None) -> list[str]:
 
 TRIGGERS["Registry file missing"] = lambda env: _broken_shipped_registry(env, None)
 TRIGGERS["Registry file not valid JSON"] = lambda env: _broken_shipped_registry(env, "{not json")
-TRIGGERS["Registry task lacks a field"] = lambda env: _broken_shipped_registry(env, json.dumps({"tasks": {"t": {}}, "models": {}}))
+TRIGGERS["Registry task lacks a field"] = lambda env: _broken_shipped_registry(env, json.dumps({"schema": 1, "tasks": {"t": {}}, "models": {}}))
+TRIGGERS["Registry of a newer schema"] = lambda env: _broken_shipped_registry(env, json.dumps({"schema": 2, "tasks": {}, "models": {}}))
 
 
 def _seg_entry(env: Env, change: Callable[[dict], None]) -> list[str]:
@@ -548,6 +549,7 @@ TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e:
 TRIGGERS["Registry model field malformed"] = lambda env: _seg_entry(env, lambda e: e.update(patch_size=[32, 32]))
 TRIGGERS["Registry model without checksum, sources, classes or contrasts"] = lambda env: _seg_entry(env, lambda e: e.update(sources=[]))
 TRIGGERS["Registry asks for an unknown normalization"] = lambda env: _seg_entry(env, lambda e: e.update(normalization="minmax"))
+TRIGGERS["Registry asks for an unknown output"] = lambda env: _seg_entry(env, lambda e: e.update(output="softmax"))
 TRIGGERS["Registry model with an unsafe file name"] = lambda env: _seg_entry(env, lambda e: e.update(file="../seg.onnx"))
 
 
