@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from deepseg_imsct import evaluate as ev
 from deepseg_imsct import evaluate_cli as cli
+from deepseg_imsct import evaluate_files as files
 from deepseg_imsct.errors import DeepsegError
 
 SHAPE = (10, 10, 10)
@@ -266,7 +267,7 @@ def test_markdown_table_layout() -> None:
     ],
 )
 def test_parse_name(name: str, parsed) -> None:
-    assert cli.parse_name(name) == parsed
+    assert files.parse_name(name) == parsed
 
 
 # --------------------------------------------------------------------------- command line
@@ -329,7 +330,7 @@ def write_dataset(tmp_path: Path, layout: str) -> tuple[Path, Path]:
 def test_load_mask_binarises_at_one_half(tmp_path: Path, value: float, inside: bool) -> None:
     data = np.full((2, 2, 2, 1), value, dtype=np.float32)  # trailing singleton axis is dropped
     path = write_nii(tmp_path / "m_seg-tumor.nii.gz", data, dtype=np.float32)
-    mask, affine = cli.load_mask(path)
+    mask, affine = files.load_mask(path)
     assert mask.shape == (2, 2, 2) and bool(mask.all()) is inside
     assert affine.shape == (4, 4)
 
@@ -337,7 +338,7 @@ def test_load_mask_binarises_at_one_half(tmp_path: Path, value: float, inside: b
 def test_load_mask_rejects_4d(tmp_path: Path) -> None:
     path = write_nii(tmp_path / "m_seg-tumor.nii.gz", np.zeros((2, 2, 2, 2)))
     with pytest.raises(DeepsegError, match="expected a 3D mask"):
-        cli.load_mask(path)
+        files.load_mask(path)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
