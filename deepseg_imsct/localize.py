@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .grid import Grid, apply_affine, resample, working_grid
-from .inference import OnnxModel
 from .io import Volume
 from .primitives import MM3_PER_CM3, connected_components, dilate, zscore
 from .registry import ModelSpec
 from .segment import model_input  # noqa: F401  # compat: training imports, remove when training/ is updated
+
+if TYPE_CHECKING:
+    from .inference import OnnxModel  # the localizer: any callable (B, 1, *patch) -> (B, 1, *patch) with a .spec
 
 log = logging.getLogger(__name__)
 
