@@ -69,7 +69,7 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
     problems: list[str] = []
     local = _find_local(spec, target, problems)
     if local is not None:
-        if local != target and target.exists():  # a bad cache entry behind a good bundled copy: repair it
+        if local != target and _exists(target):  # a bad cache entry behind a good bundled copy: repair it
             with contextlib.suppress(DeepsegError):
                 import_model(spec, local)
         return local
@@ -132,9 +132,20 @@ def clear_cache(spec: ModelSpec | None = None) -> None:
 def _usable(folder: Path) -> bool:
     """Whether ``folder`` exists (maybe read-only, with models) or could be created."""
     probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    return folder.is_dir() or (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK))
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        return folder.is_dir() or (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK))
+    except OSError:  # a folder on the way that this user may not even look into (another user's home)
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False where this user may not look (a cache folder of another user)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _cached_path(spec: ModelSpec) -> Path:
