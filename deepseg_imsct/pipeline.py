@@ -27,7 +27,7 @@ from .io import Volume, as_volume, check_distinct, load_volume, mask_image, writ
 from .localize import box_for_mask, localize, localizer_block, on_block
 from .outputs import CORD, CROPBOX, DEFAULT_TASK, class_key, output_paths, sidecar_path
 from .params import configure
-from .postprocess import PostprocessConfig, postprocess
+from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, reach_box
 from .segment import model_input, n_windows, sliding_window
@@ -63,15 +63,26 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
-                 timings: dict[str, float]) -> dict[str, nib.Nifti1Image]:
+                 timings: dict[str, float], exclusive: bool = False) -> dict[str, nib.Nifti1Image]:
     """The segmenter's (K, *crop_grid.shape) probabilities back on the T2w grid, one image per class.
 
     Masks are resampled only where their class's threshold can be reached (:func:`reach_box`) and
     post-processed on that block, whose border then acts as the image's: the same result as on
     the whole grid, since the mask is empty outside the block. Soft outputs (probabilities) cover
-    the crop's whole footprint. Zero elsewhere.
+    the crop's whole footprint. Zero elsewhere. ``exclusive`` (a softmax model, the last class
+    the union): every class on the union's block, post-processed together
+    (:func:`postprocess_exclusive`).
     """
     grid, images = t2.grid, {}
+    if exclusive and not post.soft:
+        with _timed(timings, "resample_back"):
+            box = reach_box(probs[-1], post.classes[classes[-1]].threshold)
+            blocks = {}
+            for i, name in enumerate(classes):
+                blocks[name], start = native_block(probs[i], crop_grid, grid, box=box)
+        with _timed(timings, "postprocess"):
+            masks = postprocess_exclusive(blocks, post.classes, classes[-1], grid.voxel_volume_mm3)
+            return {name: mask_image(uncrop(masks[name], start, grid.shape, order="F"), t2.image) for name in classes}
     for i, name in enumerate(classes):
         with _timed(timings, "resample_back"):
             box = None if post.soft else reach_box(probs[i], post.classes[name].threshold)
@@ -115,7 +126,7 @@ def segment(
         x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
     with _timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
-    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings)
+    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive")
     with _timed(timings, "postprocess"):
         cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
     return Result(

@@ -75,3 +75,30 @@ def postprocess(prob: np.ndarray, post: ClassPost, voxel_volume_mm3: float) -> n
         mask = fill_holes(mask)
     mask = remove_small(mask, post.min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3)
     return mask.astype(np.uint8)
+
+
+def postprocess_exclusive(probs: Mapping[str, np.ndarray], config: Mapping[str, ClassPost], union: str,
+                          voxel_volume_mm3: float) -> dict[str, np.ndarray]:
+    """Masks (uint8) of a model with exclusive classes, whose ``union`` map is 1 - p(background).
+
+    1. The union: binarized at its threshold, holes filled, components below its minimum volume
+       removed (as :func:`postprocess`): where the lesion is.
+    2. Each of its voxels goes to its most probable other class, if that probability reaches the
+       class's threshold.
+    3. Per class: holes filled with union voxels no class took (when ``fill_holes``), then
+       components below the class's minimum volume removed.
+    4. The union is rewritten as the union of the final class masks: exactly their union.
+    """
+    others = [c for c in probs if c != union]
+    region = postprocess(probs[union], config[union], voxel_volume_mm3).astype(bool)
+    best = np.argmax(np.stack([probs[c] for c in others]), axis=0)
+    masks = {c: region & (best == k) & binarize(probs[c], config[c].threshold) for k, c in enumerate(others)}
+    free = region & ~np.logical_or.reduce(list(masks.values()))
+    for c in others:
+        if config[c].fill_holes:
+            masks[c] = masks[c] | (fill_holes(masks[c]) & free)
+            free &= ~masks[c]
+        masks[c] = remove_small(masks[c], config[c].min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3)
+    out = {c: m.astype(np.uint8) for c, m in masks.items()}
+    out[union] = np.logical_or.reduce(list(masks.values())).astype(np.uint8)
+    return out

@@ -38,6 +38,29 @@ def pointwise_model(weights: np.ndarray, bias: np.ndarray, patch: Sequence[int] 
     return path
 
 
+def exclusive_model(weights: np.ndarray, bias: np.ndarray, patch: Sequence[int] | None, path: Path) -> Path:
+    """ONNX graph of an exclusive-class model: p = softmax(conv1x1x1(input, weights) + bias) over
+    (background, tumor, edema, cavity); output = (p_tumor, p_edema, p_cavity, 1 - p_background)."""
+    k, c = weights.shape
+    spatial = list(patch) if patch else ["S", "A", "R"]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, *spatial])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", k, *spatial])
+    inits = [numpy_helper.from_array(weights.reshape(k, c, 1, 1, 1).astype(np.float32), "w"),
+             numpy_helper.from_array(bias.astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    for name, v in (("s0", 0), ("s1", 1), ("sk", k), ("ax", 1)):
+        inits.append(numpy_helper.from_array(np.array([v], np.int64), name))
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1),
+             helper.make_node("Slice", ["p", "s1", "sk", "ax"], ["lesions"]),
+             helper.make_node("Slice", ["p", "s0", "s1", "ax"], ["bg"]), helper.make_node("Sub", ["one", "bg"], ["union"]),
+             helper.make_node("Concat", ["lesions", "union"], ["output"], axis=1)]
+    model = helper.make_model(helper.make_graph(nodes, "exclusive", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def entry(path: Path, **fields) -> dict:
     data = path.read_bytes()
     return {
@@ -64,18 +87,26 @@ def write_registry(
     level: float = 1.0,
     safety=(1.2, 1.2, 1.0),
     seg_post: dict | None = None,
+    exclusive: bool = False,
     loc_min_volume_cm3: float = 0.0,
 ) -> Path:
     """A complete registry in ``folder`` with analytic localizer and segmenter files.
 
     Default segmenter: tumor = bright T1w, edema = bright T2w, cavity = bright T2w and dark
-    T1w, whole = bright T1w or T2w (all as sigmoids of z-scored inputs)."""
+    T1w, whole = bright T1w or T2w (all as sigmoids of z-scored inputs); ``exclusive``: the same
+    classes as softmax logits against a background logit of 0 (:func:`exclusive_model`)."""
     folder.mkdir(parents=True, exist_ok=True)
     loc = pointwise_model(np.array([[gain]]), np.array([-gain * level]), loc_patch, folder / "loc.onnx")
-    if seg_weights is None:
-        seg_weights = gain * np.array([[0.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.5, 0.5]])
-        seg_bias = -gain * np.array([level, level, level, level / 2])
-    seg = pointwise_model(seg_weights, seg_bias, seg_patch, folder / "seg.onnx")
+    if exclusive:  # logits: background 0, tumor = bright T1w, edema = bright T2w, cavity = bright T2w and dark T1w
+        if seg_weights is None:
+            seg_weights = gain * np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, -1.0]])
+            seg_bias = -gain * np.array([0.0, level, level, level])
+        seg = exclusive_model(seg_weights, seg_bias, seg_patch, folder / "seg.onnx")
+    else:
+        if seg_weights is None:
+            seg_weights = gain * np.array([[0.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.5, 0.5]])
+            seg_bias = -gain * np.array([level, level, level, level / 2])
+        seg = pointwise_model(seg_weights, seg_bias, seg_patch, folder / "seg.onnx")
     registry = {
         "schema": 1,
         "tasks": {
@@ -93,7 +124,7 @@ def write_registry(
                 postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}})}},
             "seg": {"default_version": "1.0", "versions": {"1.0": entry(
                 seg, contrasts=["t2", "t1"], spacing_mm=list(seg_spacing), patch_size=list(seg_patch),
-                stride=list(seg_stride), classes=CLASSES, safety_factor=list(safety),
+                stride=list(seg_stride), classes=CLASSES, safety_factor=list(safety), output="exclusive" if exclusive else "sigmoid",
                 postprocessing=seg_post or {c: {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": 0.0} for c in CLASSES})}},
         },
     }

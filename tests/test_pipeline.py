@@ -391,3 +391,16 @@ def test_localization_masks_equal_their_whole_grid_definition():
     np.testing.assert_array_equal(box_native, _to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0)
     assert cord_native.any() and box_native.any() and not box_native.all()
     assert not localization_masks(None, block, crop_grid, native)[0].any()
+
+
+def test_an_exclusive_model_gives_disjoint_classes_whose_union_is_the_whole_tumor(tmp_path):
+    """A softmax model (registry output 'exclusive'): classes post-processed together, whole tumor
+    = their union exactly, in any orientation; the tumor is still where the analytic model puts it."""
+    exclusive = Predictor(registry=load_registry(write_registry(tmp_path, exclusive=True)))
+    assert exclusive.segmenter.spec.output == "exclusive"
+    for axcodes, zooms, shape in ORIENTATIONS[:2]:
+        t2, t1, truth = synthetic.case(axcodes, zooms, shape)
+        m = {c: np.asanyarray(img.dataobj) > 0 for c, img in exclusive(t2, t1).masks.items()}
+        assert np.array_equal(m["whole-tumor"], m["tumor"] | m["edema"] | m["cavity"])
+        assert (m["tumor"].astype(int) + m["edema"] + m["cavity"]).max() == 1
+        assert dice(m["tumor"], truth) > 0.7

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepseg_imsct.grid import bounding_box, crop, uncrop
-from deepseg_imsct.postprocess import ClassPost, binarize, fill_holes, postprocess, remove_small
+from deepseg_imsct.postprocess import ClassPost, binarize, fill_holes, postprocess, postprocess_exclusive, remove_small
 from deepseg_imsct.primitives import connected_components
 
 
@@ -139,3 +139,42 @@ def test_connected_components_fall_back_to_the_public_labeller(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage.measure._ccomp", None)  # the import now raises ImportError
     slow = connected_components(mask, 2)
     assert slow[1] == fast[1] and _same_partition(slow[0], fast[0])
+
+
+def _exclusive_probs() -> dict[str, np.ndarray]:
+    """20^3 maps: a 10^3 lesion, tumor on its left half, edema on its right; one lone cavity voxel."""
+    shape = (20, 20, 20)
+    p = {c: np.zeros(shape, np.float32) for c in ("tumor", "edema", "cavity", "whole-tumor")}
+    p["tumor"][5:15, 5:15, 5:10], p["edema"][5:15, 5:15, 5:10] = 0.6, 0.3
+    p["tumor"][5:15, 5:15, 10:15], p["edema"][5:15, 5:15, 10:15] = 0.3, 0.6
+    p["tumor"][9, 9, 7] = 0.35  # inside the tumor half: most probable class tumor, below its threshold
+    p["edema"][9, 9, 7] = 0.3
+    p["cavity"][2, 2, 2] = 0.9  # one voxel: below the cavity's minimum volume
+    p["whole-tumor"] = p["tumor"] + p["edema"] + p["cavity"]
+    return p
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_exclusive_classes_split_the_union_and_the_union_is_exactly_theirs(fill):
+    p = _exclusive_probs()
+    post = {"tumor": ClassPost(0.4, fill, 0.0), "edema": ClassPost(0.4, fill, 0.0),
+            "cavity": ClassPost(0.4, fill, 0.002), "whole-tumor": ClassPost(0.5, True, 0.0)}
+    m = {c: v.astype(bool) for c, v in postprocess_exclusive(p, post, "whole-tumor", 1.0).items()}
+    expect_tumor = np.zeros((20, 20, 20), bool)
+    expect_tumor[5:15, 5:15, 5:10] = True
+    if not fill:
+        expect_tumor[9, 9, 7] = False  # enclosed, most probable tumor, but under the tumor threshold
+    assert np.array_equal(m["tumor"], expect_tumor)
+    assert m["edema"].sum() == 500 and m["edema"][5:15, 5:15, 10:15].all()
+    assert not m["cavity"].any()  # 1 mm3 < 2 mm3: removed, from the union too
+    assert np.array_equal(m["whole-tumor"], m["tumor"] | m["edema"] | m["cavity"])
+    assert (m["tumor"].astype(int) + m["edema"] + m["cavity"]).max() == 1
+
+
+def test_exclusive_union_threshold_and_minimum_volume_decide_where_the_lesion_is():
+    p = _exclusive_probs()
+    post = {c: ClassPost(0.0, False, 0.0) for c in p}
+    m = postprocess_exclusive(p, post | {"whole-tumor": ClassPost(0.95, True, 0.0)}, "whole-tumor", 1.0)
+    assert not any(v.any() for v in m.values())  # nothing reaches the union's threshold
+    m = postprocess_exclusive(p, post | {"whole-tumor": ClassPost(0.5, True, 0.002)}, "whole-tumor", 1.0)
+    assert m["whole-tumor"].sum() == 1000 and not m["cavity"].any()  # the lone voxel is below 2 mm3
