@@ -13,8 +13,6 @@ import numpy as np
 
 from .errors import DeepsegError
 from .registry import ModelSpec
-from .primitives import zscore  # noqa: F401  # compat: training imports, remove when training/ is updated
-from .segment import sliding_window  # noqa: F401  # compat: training imports, remove when training/ is updated
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +65,7 @@ class OnnxModel:
                     break
         if problem:
             raise DeepsegError(f"model file {path} does not match its registry entry {spec.key}: {problem}; reinstall deepseg-imsct")
+        spec.check_facts(self.session.get_modelmeta().custom_metadata_map, path)
         fixed_batch = inputs[0].shape[0]
         if isinstance(fixed_batch, int):
             self.batch_size = fixed_batch

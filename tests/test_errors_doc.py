@@ -478,6 +478,22 @@ def _(env):
     return with_case(env)
 
 
+@trigger("Model file made for other settings than its registry entry")
+def _(env):
+    import onnx
+
+    from deepseg_imsct.registry import METADATA_KEY
+
+    graph = env.base / "models" / "seg.onnx"
+    model = onnx.load(str(graph))
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps({"stride": [8, 8, 8]}))
+    onnx.save(model, str(graph))
+    data = graph.read_bytes()
+    env.registry(lambda d: d["models"]["seg"]["versions"]["1.0"].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    graph.write_bytes(data)  # write_registry rewrote it
+    return with_case(env)
+
+
 @trigger("Model file not loadable by ONNX Runtime")
 def _(env):
     junk = b"not an onnx graph"

@@ -59,3 +59,25 @@ def test_a_model_file_made_for_other_settings_is_refused(tmp_path):
         spec.check_facts({METADATA_KEY: json.dumps(other)}, "m.onnx")
     with pytest.raises(DeepsegError, match=r"\(metadata differ\)"):
         spec.check_facts({METADATA_KEY: "not json"}, "m.onnx")
+
+
+def test_loading_a_graph_whose_facts_disagree_with_its_entry_fails_with_the_fix(tmp_path):
+    import hashlib
+
+    import onnx
+    from onnx_models import write_registry
+
+    from deepseg_imsct.pipeline import Predictor
+
+    path = write_registry(tmp_path)
+    reg = load_registry(path)
+    graph = tmp_path / "seg.onnx"
+    model = onnx.load(str(graph))
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(reg.model("seg").facts() | {"spacing_mm": [2.0, 2.0, 2.0]}))
+    onnx.save(model, str(graph))
+    data = json.loads(path.read_text())
+    entry = data["models"]["seg"]["versions"]["1.0"]
+    entry["sha256"], entry["size"] = hashlib.sha256(graph.read_bytes()).hexdigest(), graph.stat().st_size
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeepsegError, match=r"seg.onnx was made for other settings than its registry entry seg-1.0 \(spacing_mm differ\)"):
+        Predictor(registry=load_registry(path))
