@@ -19,7 +19,6 @@ from .grid import Grid, apply_affine, resample, working_grid
 from .io import Volume
 from .primitives import MM3_PER_CM3, connected_components, dilate, zscore
 from .registry import ModelSpec
-from .segment import model_input  # noqa: F401  # compat: training imports, remove when training/ is updated
 
 if TYPE_CHECKING:
     from .inference import OnnxModel  # the localizer: any callable (B, 1, *patch) -> (B, 1, *patch) with a .spec

@@ -24,7 +24,7 @@ from imsct_train.export import export_onnx, parity
 from imsct_train.losses import ce_dice_loss, choose_precision
 from imsct_train.unet import Modified3DUNet, inference_form
 
-from deepseg_imsct.localize import model_input
+from deepseg_imsct.segment import model_input
 from test_training import standin_case
 
 GEOMETRY = {"contrasts": ["t2", "t1"], "classes": ["tumor", "edema", "cavity", "whole-tumor"],

@@ -95,7 +95,7 @@ def exclusive_masks(prob: np.ndarray, whole_threshold: float = 0.5) -> np.ndarra
 def validate(model: Modified3DUNet, folder: Path, names: Sequence[str], cfg: dict[str, Any]) -> dict[str, Any]:
     """Dice per class on the runtime box of each validation crop (sliding window as at run time),
     and whole-tumor volume (cm3) predicted on healthy cases."""
-    from deepseg_imsct.inference import sliding_window
+    from deepseg_imsct.segment import sliding_window
 
     g = cfg["geometry"]
     model.eval()

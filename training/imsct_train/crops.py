@@ -4,7 +4,7 @@ A case's crop is the runtime's stage-2 box around its ground-truth cord (the reg
 :func:`deepseg_imsct.localize.box_for_mask`), widened by ``margin`` voxels on each side so that
 box jitter and patch rotations stay inside real data. Channels are resampled from the native
 grids and z-scored with the statistics of the runtime box itself (as
-:func:`deepseg_imsct.localize.model_input` does at run time), then stored as float16; labels
+:func:`deepseg_imsct.segment.model_input` does at run time), then stored as float16; labels
 are one exclusive class per voxel (0 background, 1 tumor, 2 edema, 3 cavity: the largest
 trilinear fraction) plus the cord bit (4). Each case is two ``.npy`` files read as memory maps:
 a sample costs a slice (or a small ``map_coordinates`` when rotated), not a resampling of the

@@ -5,8 +5,8 @@ sample is made by choosing a destination grid (the runtime's grid, optionally pe
 random rotation / scaling / translation about its centre), resampling each channel from its
 native grid onto it with :func:`deepseg_imsct.grid.resample` (NaN outside the field of view),
 applying intensity augmentation to the raw values, and z-scoring with
-:func:`deepseg_imsct.inference.zscore`. With augmentation off this *is*
-:func:`deepseg_imsct.localize.model_input`. Labels are resampled trilinearly onto the same
+:func:`deepseg_imsct.primitives.zscore`. With augmentation off this *is*
+:func:`deepseg_imsct.segment.model_input`. Labels are resampled trilinearly onto the same
 grid (soft targets in [0, 1]). Arrays are (C, S, A, R) float32 in working-grid voxels.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from deepseg_imsct.grid import Grid, crop, resample, working_grid
-from deepseg_imsct.inference import zscore
+from deepseg_imsct.primitives import zscore
 from deepseg_imsct.localize import Box, box_for_mask, centred_block
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def build_channels(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid,
                    intensity: IntensityAug | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
     """(C, *dst.shape) float32: resample (NaN outside the FOV), augment raw values, z-score.
 
-    Without ``intensity`` this equals :func:`deepseg_imsct.localize.model_input`.
+    Without ``intensity`` this equals :func:`deepseg_imsct.segment.model_input`.
     """
     out = []
     for data, grid in images:

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from deepseg_imsct.grid import apply_affine
-from deepseg_imsct.inference import sliding_window
+from deepseg_imsct.segment import sliding_window
 from deepseg_imsct.localize import box_for_mask, cord_components
 
 from . import data as D
