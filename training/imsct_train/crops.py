@@ -24,7 +24,7 @@ from scipy import ndimage
 from deepseg_imsct.grid import resample
 from deepseg_imsct.localize import Box, box_for_mask
 
-from .data import Case, StageConfig
+from .data import Case, StageConfig, rotation_matrix
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +138,6 @@ class PatchAug:
     p_mirror: tuple[float, float, float] = (0.5, 0.0, 0.5)  # S-I, A-P, R-L
 
 
-def _rotation(angles_rad: np.ndarray) -> np.ndarray:
-    out = np.eye(3)
-    for axis, a in enumerate(angles_rad):
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        out = out @ r
-    return out
-
-
 def _slice_padded(arr: np.ndarray, start: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """``arr[..., start:start+size]`` over the last three axes, zero outside ``arr``."""
     shape = np.asarray(arr.shape[-3:])
@@ -168,7 +157,7 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
     if aug is None or rng.random() >= aug.p_spatial:
         return _slice_padded(case.x, start, patch).astype(np.float32), _slice_padded(case.y, start, patch) & 3
     d = np.asarray(spacing, dtype=float)
-    rot = _rotation(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
+    rot = rotation_matrix(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
     m = np.diag(1 / d) @ rot @ np.diag(rng.uniform(*aug.scale, 3)) @ np.diag(d)  # patch voxel -> crop voxel
     grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in patch], indexing="ij")).reshape(3, -1)
     coords = m @ grid + (start + patch_a / 2)[:, None]  # identity = the plain slice

@@ -174,7 +174,8 @@ class IntensityAug:
         return None if not d else cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _rotation(angles_rad: np.ndarray) -> np.ndarray:
+def rotation_matrix(angles_rad: np.ndarray) -> np.ndarray:
+    """Rotation by ``angles_rad`` about axes 0, 1 and 2 in turn (3x3)."""
     out = np.eye(3)
     for axis, a in enumerate(angles_rad):
         c, s = np.cos(a), np.sin(a)
@@ -191,7 +192,7 @@ def perturb_grid(grid: Grid, aug: SpatialAug, rng: np.random.Generator) -> Grid:
         return grid
     n = np.asarray(grid.shape, dtype=float)
     spacing = grid.zooms
-    rot = _rotation(np.deg2rad(rng.uniform(-aug.rotation_deg, aug.rotation_deg, 3)))
+    rot = rotation_matrix(np.deg2rad(rng.uniform(-aug.rotation_deg, aug.rotation_deg, 3)))
     lin_mm = rot @ np.diag(rng.uniform(1 - aug.scale, 1 + aug.scale, 3))
     shift_mm = rng.uniform(-1, 1, 3) * np.asarray(aug.translation) * n * spacing
     centre = (n - 1) / 2
