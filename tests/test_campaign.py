@@ -199,3 +199,13 @@ def test_export_writes_an_exclusive_entry_whose_facts_are_in_the_graph(tmp_path)
     assert spec.output == "exclusive" and spec.patch_size == (32, 16, 16)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta[METADATA_KEY]) == spec.facts()
+
+
+def test_training_reads_its_geometry_with_the_runtime_parser():
+    from deepseg_imsct.errors import DeepsegError
+
+    assert STAGE.patch_size == (32, 16, 16) and STAGE.safety_factor == (1.2, 1.2, 1.0)
+    with pytest.raises(DeepsegError, match="patch_size must be 3 positive numbers"):
+        StageConfig.from_dict(GEOMETRY | {"patch_size": [32, 16]})
+    with pytest.raises(DeepsegError, match="last class must be the union"):
+        StageConfig.from_dict(GEOMETRY | {"output": "exclusive", "classes": ["tumor", "edema"]})

@@ -51,7 +51,7 @@ def crop_folder(cfg: dict[str, Any], split: str) -> Path:
 def _prepare_one(job: tuple[int, dict[str, Any], str]) -> str:
     seed, cfg, folder = job
     case = phantom_case(seed)
-    x, y, meta = C.build_crop(case, StageConfig.from_dict(cfg["geometry"]))
+    x, y, meta = C.build_crop(case, StageConfig.from_dict(cfg["geometry"]))  # the runtime's box for this geometry
     C.save_crop(Path(folder), x, y, meta)
     return meta["name"]
 
@@ -97,20 +97,20 @@ def validate(model: Modified3DUNet, folder: Path, names: Sequence[str], cfg: dic
     and whole-tumor volume (cm3) predicted on healthy cases."""
     from deepseg_imsct.segment import sliding_window
 
-    g = cfg["geometry"]
+    g = StageConfig.from_dict(cfg["geometry"])
     model.eval()
-    per: dict[str, list[float]] = {c: [] for c in g["classes"]}
+    per: dict[str, list[float]] = {c: [] for c in g.classes}
     healthy_cm3 = []
-    voxel_cm3 = float(np.prod(g["spacing_mm"])) / 1000.0
+    voxel_cm3 = float(np.prod(g.spacing_mm)) / 1000.0
     for name in tqdm(names, desc="validation", leave=False):
         cc = C.CropCase.load(folder, name, np.random.default_rng(0))
         inner = tuple(slice(a, a + n) for a, n in zip(cc.inner_start, cc.inner_size))
         x = np.asarray(cc.x[(slice(None), *inner)], dtype=np.float32)
         y = np.asarray(cc.y[inner]) & 3
-        prob = sliding_window(x, lambda b: model(torch.from_numpy(b)).numpy(), g["patch_size"], g["stride"], 4, 1)
+        prob = sliding_window(x, lambda b: model(torch.from_numpy(b)).numpy(), g.patch_size, g.stride, len(g.classes), 1)
         pred = exclusive_masks(prob)
         truth = [y == 1, y == 2, y == 3, y > 0]
-        for k, c in enumerate(g["classes"]):
+        for k, c in enumerate(g.classes):
             per[c].append(dice(pred[k], truth[k]))
         if cc.healthy:
             healthy_cm3.append(float(pred[3].sum()) * voxel_cm3)
@@ -192,10 +192,10 @@ class Campaign:
                 "compute_s": time.perf_counter() - w0, "data_cpu_s": float(batch["cpu_s"])}
 
     def loader(self, folder: Path, names: list[str], start: int, stop: int):
-        t, g = self.cfg["training"], self.cfg["geometry"]
+        t, g = self.cfg["training"], StageConfig.from_dict(self.cfg["geometry"])
         aug = C.PatchAug(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg.get("augmentation", {}).items()})
-        maker = BatchMaker(folder, names, int(self.cfg["seed"]), int(t["batch_size"]), tuple(g["patch_size"]),
-                           tuple(g["spacing_mm"]), self.cfg["sampling"], aug)
+        maker = BatchMaker(folder, names, int(self.cfg["seed"]), int(t["batch_size"]), g.patch_size, g.spacing_mm,
+                           self.cfg["sampling"], aug)
         workers = int(t.get("data_workers", 1))
         return torch.utils.data.DataLoader(BatchDataset(maker, range(start, stop)), batch_size=None, num_workers=workers,
                                            prefetch_factor=4 if workers else None, multiprocessing_context="spawn" if workers else None)

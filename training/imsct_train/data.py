@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from deepseg_imsct.grid import Grid, crop, resample, working_grid
 from deepseg_imsct.primitives import zscore
+from deepseg_imsct.registry import ModelSpec, parse_entry
 from deepseg_imsct.localize import Box, box_for_mask, centred_block
 
 log = logging.getLogger(__name__)
@@ -273,9 +274,18 @@ def build_targets(case: Case, classes: Sequence[str], dst: Grid) -> np.ndarray:
     return np.clip(y, 0.0, 1.0, out=y)
 
 
+def geometry_spec(geometry: Mapping[str, Any]) -> ModelSpec:
+    """A config's ``geometry`` read by the runtime's own registry parser (same fields, same checks):
+    training, export and the runtime share one typed model spec."""
+    fields = {k: v for k, v in geometry.items() if k not in ("box_jitter_vox", "lesion_fraction")}
+    entry = {"file": "config.onnx", "sha256": "0" * 64, "size": 1, "sources": ["config.onnx"], "normalization": "zscore", **fields}
+    return parse_entry("config", "geometry", entry, Path("config.json"))
+
+
 @dataclass(frozen=True)
 class StageConfig:
-    """Geometry of one stage (mirrors its registry entry; per-axis lists in SAR order)."""
+    """Geometry of one stage: the runtime spec's facts (:func:`geometry_spec`) plus the training-only
+    crop jitter and lesion share; per-axis tuples in SAR order."""
 
     contrasts: tuple[str, ...]
     classes: tuple[str, ...]
@@ -288,8 +298,9 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StageConfig:
-        keys = cls.__dataclass_fields__
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in keys})
+        spec = geometry_spec(d)
+        extras = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in ("box_jitter_vox", "lesion_fraction")}
+        return cls(spec.contrasts, spec.classes, spec.spacing_mm, spec.patch_size, spec.stride, spec.safety_factor, **extras)
 
 
 def localizer_grid(case: Case, stage: StageConfig) -> Grid:
