@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .console import exit_status, safe_streams, stop_signals_interrupt
 from .errors import DeepsegError
 from .outputs import DEFAULT_TASK, ERROR_PREFIX, PROG, viewer_command
 from .params import ParamKind, ParamSpec, parameters
@@ -182,11 +183,17 @@ def run(args: argparse.Namespace) -> int:
     seg_spec = reg.model(task.segmenter, versions.get(task.segmenter))
     values = user_values(args, parameters(seg_spec.postprocessing), seg_spec.classes)
     settings = configure(seg_spec, values, naming=lambda spec, _cls: spec.option)
+    from .outputs import output_keys, output_paths
     from .pipeline import Predictor
+    from .transaction import check_outputs
+
+    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, settings.qc))
+    check_outputs(targets.values(), {"T2w": t2, "T1w": t1}, settings.overwrite)  # before the models load
 
     predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,
                           offline=args.offline, progress=args.v > 0)
-    outputs = predictor.run_files(t2, t1, settings.out_dir, settings.post, qc=settings.qc, command=args.command_line)
+    outputs = predictor.run_files(t2, t1, settings.out_dir, settings.post, qc=settings.qc, command=args.command_line,
+                                  overwrite=settings.overwrite)
     for key, path in outputs.items():
         log.info("wrote %s", path)
     log.info("\nTo view the results, type:\n%s", viewer_command(t2, t1, outputs))
@@ -194,21 +201,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.command_line = shlex.join([PROG, *argv])
-    handler = configure_logging(args.v)
-    try:
-        return run(args)
-    except DeepsegError as exc:
-        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted: no output was written or changed", file=sys.stderr)
-        return 130
-    finally:
-        log.removeHandler(handler)
+    """The command: 0 when done, 2 for an error (one line), 128 + the signal's number when stopped
+    by Ctrl-C (130), SIGTERM (143) or SIGHUP (129); stdout and stderr may be closed or full."""
+    with safe_streams():
+        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        args.command_line = shlex.join([PROG, *argv])
+        handler = configure_logging(args.v)
+        try:
+            with stop_signals_interrupt():
+                return run(args)
+        except DeepsegError as exc:
+            print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            print(f"{PROG}: interrupted: no output was written or changed", file=sys.stderr)
+            return exit_status(exc)
+        finally:
+            log.removeHandler(handler)
 
 
 if __name__ == "__main__":

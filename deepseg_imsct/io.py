@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -13,14 +14,15 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import nibabel as nib
 import numpy as np
 
 from .errors import DeepsegError
 from .grid import Grid
-from .outputs import TEMP_SUFFIX, temp_prefix
+from . import transaction
+from .outputs import TEMP_SUFFIX, sidecar_path, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -237,35 +239,55 @@ def _umask() -> int:
     return mask
 
 
-def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict]) -> None:
-    """Write every file to a temporary name in its folder, then rename all of them.
+def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict],
+                  check: Callable[[], None] | None = None) -> None:
+    """Write every file of one folder to a temporary name, then replace the previous set at once.
 
-    Either every output appears complete, or (on any error, a full disk, Ctrl-C) none is
-    touched: earlier outputs with the same names stay intact and no partial file remains.
+    Under the folder's lock (:func:`transaction.locked`), ``check`` runs first (the targets seen
+    again, as another run may have written meanwhile); a sidecar of an image records the image's
+    sha256 (``OutputSha256``). Either the complete new set is in place or (on any error, a full disk,
+    Ctrl-C) the previous one is, and no partial file remains.
     """
-    folders = {p.parent for p in list(images) + list(sidecars)}
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DeepsegError(f"cannot create output folder {folder} ({exc.strerror}): choose another with -o") from None
-        if not os.access(folder, os.W_OK):
-            raise DeepsegError(f"output folder {folder} is not writable: choose another with -o")
-    with contextlib.ExitStack() as stack:
-        staged: list[tuple[Path, Path]] = []
-        try:
-            for path, image in images.items():
-                tmp = stack.enter_context(_temporary(path))
-                payload = image.to_bytes()
-                if path.name.endswith(".gz"):
-                    payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
-                tmp.write_bytes(payload)
-                staged.append((tmp, path))
-            for path, content in sidecars.items():
-                tmp = stack.enter_context(_temporary(path))
-                tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-                staged.append((tmp, path))
-        except OSError as exc:
-            raise DeepsegError(f"writing outputs in {path.parent} failed ({exc.strerror or exc}): free disk space or choose another folder with -o; nothing was written") from None
-        for tmp, path in staged:
-            os.replace(tmp, path)
+    (folder,) = {p.parent for p in [*images, *sidecars]}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeepsegError(f"cannot create output folder {folder} ({exc.strerror}): choose another with -o") from None
+    if not os.access(folder, os.W_OK):
+        raise DeepsegError(f"output folder {folder} is not writable: choose another with -o")
+    try:
+        with transaction.locked(folder), contextlib.ExitStack() as stack:
+            if check:
+                check()
+            staged = _stage(stack, images, sidecars)
+            _commit(folder, staged)
+    except OSError as exc:
+        raise DeepsegError(f"writing outputs in {folder} failed ({exc.strerror or exc}): free disk space or choose another folder with -o; nothing was written") from None
+
+
+def _stage(stack: contextlib.ExitStack, images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict]) -> list[tuple[Path, Path]]:
+    """Every file written under its temporary name: [(temporary, final)]."""
+    staged, digests = [], {}
+    for path, image in images.items():
+        tmp = stack.enter_context(_temporary(path))
+        payload = image.to_bytes()
+        if path.name.endswith(".gz"):
+            payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
+        tmp.write_bytes(payload)
+        digests[sidecar_path(path)] = hashlib.sha256(payload).hexdigest()
+        staged.append((tmp, path))
+    for path, content in sidecars.items():
+        tmp = stack.enter_context(_temporary(path))
+        content = {**content, "OutputSha256": digests[path]} if path in digests else content
+        tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        staged.append((tmp, path))
+    return staged
+
+
+def _commit(folder: Path, staged: list[tuple[Path, Path]]) -> None:
+    """:func:`transaction.commit`, its failures said as what they left: the previous set."""
+    try:
+        transaction.commit(folder, staged)
+    except OSError as exc:
+        raise DeepsegError(f"replacing the outputs in {folder} failed ({exc.strerror or exc}): the previous outputs were put back; "
+                           "fix the cause (a full disk, permissions) and run again") from None

@@ -21,6 +21,12 @@ IMAGE_SUFFIX, SIDECAR_SUFFIX = ".nii.gz", ".json"
 CORD, CROPBOX = "seg-cord", "cropbox"  # the quality-control outputs (-qc)
 QC_KEYS = (CORD, CROPBOX)
 TEMP_SUFFIX = ".part"  # a file being written is '.<final name>.<random>.part' in the output folder
+TEMP_RANDOM = 8  # characters of tempfile's random part
+# a temporary (or, while a set is replaced, a backup) file of this tool: what a killed run leaves
+TEMP_NAME = re.compile(r"^\..+\.(?:nii\.gz|json)\.[a-z0-9_]+\.part$")
+LOCK_NAME = f".{PROG}.lock"  # in the output folder: one writer at a time
+JOURNAL_NAME = f".{PROG}.journal.json"  # in the output folder while a set is being replaced
+TOOL_NAME = "deepseg-imsct"  # sidecars name their writer: GeneratedBy[0].Name
 
 # FSLeyes colour map (the printed viewer command, soft outputs) and RGB colour (mask overlays)
 COLOUR_MAPS = {"seg-tumor": "red", "seg-edema": "green", "seg-cavity": "blue", "seg-whole-tumor": "yellow",
@@ -75,6 +81,11 @@ def name_pattern(labels: Sequence[str]) -> re.Pattern:
 def temp_prefix(final: Path) -> str:
     """The prefix of the temporary name ``final`` is written under (its suffix: :data:`TEMP_SUFFIX`)."""
     return f".{final.name}."
+
+
+def temp_name_length(final: Path) -> int:
+    """Bytes in the longest name a file written as ``final`` takes (its temporary name)."""
+    return len(temp_prefix(final).encode()) + TEMP_RANDOM + len(TEMP_SUFFIX)
 
 
 def temporary_files(outputs: Mapping[str, Path]) -> list[Path]:

@@ -117,6 +117,9 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
                   option="-qc", label="QC outputs (cord mask, crop box)"),
         ParamSpec("out_dir", ParamKind.PATH, None, "Output folder (default: the T2w's folder; created if missing)",
                   option="-o", metavar="FOLDER", label="Output folder"),
+        ParamSpec("overwrite", ParamKind.BOOL, False, "Replace existing output files that this tool did not write, "
+                  "that were changed since, or that another T2w of the same name produced (inputs are never replaced)",
+                  option="-overwrite", label="Replace files not written by this tool"),
         ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0,
                   option="-threads", metavar="N", label="CPU threads",
                   invalid="{where} must be >= 0 (0 lets ONNX Runtime use the physical cores)"),
@@ -131,6 +134,7 @@ class Settings:
     runtime: RuntimeOptions
     out_dir: Path | None = None
     qc: bool = False
+    overwrite: bool = False
 
 
 Naming = Callable[[ParamSpec, "str | None"], str]
@@ -171,4 +175,4 @@ def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_n
     v = convert_all(parameters(model.postprocessing), model.classes, values, naming)
     post = PostprocessConfig({c: ClassPost(v["threshold"][c], v["fill_holes"][c], v["min_volume_cm3"][c]) for c in model.classes},
                              soft=bool(v["soft"]))
-    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]))
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]))

@@ -10,6 +10,7 @@ and reused for every case.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .localize import box_for_mask, localize, localizer_block, on_block
-from .outputs import CORD, CROPBOX, DEFAULT_TASK, class_key, output_paths, sidecar_path
+from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, reach_box
 from .segment import model_input, n_windows, sliding_window
+from .transaction import check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ class Predictor:
 
     def provenance(self) -> dict:
         return {
-            "Name": "deepseg-imsct",
+            "Name": TOOL_NAME,
             "Version": __version__,
             "Task": self.task.name,
             "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256} for m in (self.localizer, self.segmenter)},
@@ -216,34 +218,41 @@ class Predictor:
         post: PostprocessConfig | None = None,
         qc: bool = False,
         command: str | None = None,
+        overwrite: bool = False,
     ) -> dict[str, Path]:
         """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) atomically.
 
         Output folder: ``out_dir`` or the T2w's folder. ``qc`` adds the cord mask (``_seg-cord``)
-        and the crop box (``_cropbox``). Returns {output name: path}.
+        and the crop box (``_cropbox``). Returns {output name: path}. The outputs are checked
+        before any work (:func:`transaction.check_outputs`): an input is never replaced, nor, unless
+        ``overwrite``, a file this tool did not write or wrote from another T2w.
         """
         post = post or self.default_postprocessing()
         timings: dict[str, float] = {}
         with _timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
         check_distinct(t2.path, t1.path)
+        keys = output_keys(self.classes, qc)
+        paths = output_paths(t2.path, out_dir, keys)
+        inputs = {"T2w": t2.path, "T1w": t1.path}
+        check_outputs(paths.values(), inputs, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
         images = {class_key(name): img for name, img in result.masks.items()}
         if qc:
             images.update({CORD: result.cord, CROPBOX: result.box})
-        paths = output_paths(t2.path, out_dir, images)
         sidecar = {
             "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
-            "Sources": {"T2w": str(t2.path), "T1w": str(t1.path)},
+            "Sources": {role: os.path.abspath(path) for role, path in inputs.items()},
             "Postprocessing": post.as_dict(),
             "Runtime": vars(self.runtime),
             "CropBoxScannerMm": result.box_mm,
             "CordFound": result.cord_found,
         }
         with _timed(self.last_timings, "write"):
-            write_outputs({paths[k]: images[k] for k in images},
-                          {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in images})
+            write_outputs({paths[k]: images[k] for k in keys},
+                          {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys},
+                          check=lambda: check_outputs(paths.values(), inputs, overwrite))
         return paths
 
 
@@ -262,4 +271,4 @@ def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, r
     registry = registry or load_registry()
     settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
     predictor = Predictor(task, runtime=settings.runtime, registry=registry)
-    return predictor.run_files(t2_path, t1_path, settings.out_dir, settings.post, settings.qc)
+    return predictor.run_files(t2_path, t1_path, settings.out_dir, settings.post, settings.qc, overwrite=settings.overwrite)

@@ -33,7 +33,7 @@ from http_server import FlakyServer, free_port, html_page, send_bytes, stall, st
 from onnx_models import write_registry
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cli, download, fetch, io, registry
+from deepseg_imsct import cli, download, fetch, io, registry, transaction
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 REASONS = "Download failure reasons"
@@ -346,6 +346,86 @@ def _(env):
     t2, t1 = env.case()
     _failing_write(env, KeyboardInterrupt())
     return env.cli("-i", t2, t1, "-o", env.base / "out", code=130)
+
+
+@trigger("SIGTERM or SIGHUP (`timeout`, `docker stop`, Slurm's `scancel`, a closed terminal)")
+def _(env):
+    t2, t1 = env.case()
+    real = nib.Nifti1Image.to_bytes
+
+    def terminated(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # a real signal, to the command's own handler
+        return real(self, *args, **kwargs)
+    env.mp.setattr(nib.Nifti1Image, "to_bytes", terminated)
+    return env.cli("-i", t2, t1, "-o", env.base / "out", code=143)
+
+
+@trigger("Output file name too long")
+def _(env):
+    t2, t1 = env.case()
+    long_t2 = t2.with_name("x" * 235 + ".nii.gz")
+    long_t2.write_bytes(t2.read_bytes())
+    return env.cli("-i", long_t2, t1, "-o", env.base / "out")
+
+
+@trigger("Output would replace an input")
+def _(env):
+    t2, t1 = env.case()
+    renamed = t1.rename(t1.with_name("sub-01_T2w_seg-tumor.nii.gz"))
+    return env.cli("-i", t2, renamed)
+
+
+@trigger("Output file not written by imsct_deepseg")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "out").mkdir()
+    (env.base / "out" / "sub-01_T2w_seg-tumor.nii.gz").write_bytes(b"a manual mask")
+    return env.cli("-i", t2, t1, "-o", env.base / "out")
+
+
+@trigger("Outputs of another T2w with the same name")
+def _(env):
+    t2, t1 = env.case()
+    other, _ = env.case("other")
+    env.cli("-i", other, t1, "-o", env.base / "out", code=0)
+    return env.cli("-i", t2, t1, "-o", env.base / "out")
+
+
+@trigger("A folder in the way of an output")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "out" / "sub-01_T2w_seg-edema.json").mkdir(parents=True)
+    return env.cli("-i", t2, t1, "-o", env.base / "out")
+
+
+@trigger("Another run writing into the folder (lock held)")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "out").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, filelock; lock = filelock.FileLock(sys.argv[1]); "
+                               "lock.acquire(); print('held', flush=True); time.sleep(600)",
+                               str(env.base / "out" / ".imsct_deepseg.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        env.mp.setattr(transaction, "LOCK_WAIT_S", 0.2)
+        return env.cli("-i", t2, t1, "-o", env.base / "out")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@trigger("Failure while replacing the outputs")
+def _(env):
+    t2, t1 = env.case()
+    real, calls = os.replace, []
+
+    def flaky(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) == 4:  # after the journal and two outputs are in place
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst, *args, **kwargs)
+    env.mp.setattr(transaction.os, "replace", flaky)
+    return env.cli("-i", t2, t1, "-o", env.base / "out")
 
 
 # options

@@ -88,7 +88,8 @@ def test_command_text_goes_through_the_same_translator():
     values = cli.user_values(args, parameters(MODEL.postprocessing), MODEL.classes)
     assert convert_all(parameters(MODEL.postprocessing), MODEL.classes, values) == {
         "threshold": {"tumor": 0.7, "edema": 0.45}, "fill_holes": {"tumor": False, "edema": True},
-        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": False, "out_dir": None, "threads": 2}
+        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": False, "out_dir": None, "overwrite": False,
+        "threads": 2}
 
 
 def test_the_default_task_is_the_registered_entry_point():

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepseg_imsct import outputs
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.pipeline import Predictor
 from deepseg_imsct.registry import load_registry
@@ -137,7 +138,7 @@ def test_run_files_writes_named_outputs_with_sidecars_and_leaves_inputs_alone(pr
     before = (sha(t2), sha(t1))
     paths = predictor.run_files(t2, t1, qc=True)
     assert (sha(t2), sha(t1)) == before
-    names = sorted(p.name for p in (tmp_path / "in").iterdir())
+    names = sorted(p.name for p in (tmp_path / "in").iterdir() if p.name != outputs.LOCK_NAME)
     expected = [f"sub-01_T2w_{k}.{e}" for k in ("cropbox", "seg-cavity", "seg-cord", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
     assert names == sorted(expected + ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"])
     sidecar = json.loads(paths["seg-tumor"].with_name("sub-01_T2w_seg-tumor.json").read_text())

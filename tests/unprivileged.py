@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from deepseg_imsct.errors import DeepsegError
 
 NOBODY = 65534
-CHILD_TIMEOUT_S = 120.0
+CHILD_TIMEOUT_S = 280.0  # a few seconds on an idle machine; generous for a loaded one, under pytest's 300 s
 
 
 def can_drop_privileges() -> bool:
@@ -28,11 +28,14 @@ def can_drop_privileges() -> bool:
 
 def _preload() -> None:
     """Import what children use lazily (requests, tqdm, ONNX Runtime, the whole package)."""
+    import filelock  # noqa: F401
     import onnxruntime  # noqa: F401
+    import platformdirs  # noqa: F401
+    import pooch  # noqa: F401
     import requests  # noqa: F401
     import tqdm  # noqa: F401
 
-    from deepseg_imsct import cli, download, inference, io, pipeline, postprocess, registry  # noqa: F401
+    from deepseg_imsct import cli, console, download, fetch, inference, io, pipeline, postprocess, registry, transaction  # noqa: F401
 
 
 def as_nobody(fn: Callable[[], str]) -> tuple[int, str]:
