@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -21,6 +20,7 @@ import numpy as np
 
 from .errors import DeepsegError
 from .grid import Grid
+from .limits import declared_layout, gunzip_bounded, refuse_over_limit
 from . import transaction
 from .outputs import TEMP_SUFFIX, sidecar_path, temp_prefix
 
@@ -50,6 +50,9 @@ class Volume:
 
 def check_input_file(path: Path | str, role: str) -> Path:
     """Fail early, with the fix, on a path that cannot be a readable NIfTI file."""
+    if not isinstance(path, (str, os.PathLike)) or "\0" in str(path):
+        what = "a file name with a NUL character" if isinstance(path, (str, os.PathLike)) else described(path)
+        raise DeepsegError(f"{role} input is {what}, not a file path: give the NIfTI file's path (str or pathlib.Path)")
     path = Path(path)
     try:
         found = path.exists()
@@ -66,6 +69,15 @@ def check_input_file(path: Path | str, role: str) -> Path:
     return path
 
 
+def described(value: object) -> str:
+    """A Python value as messages name it: 'None', 'bytes', 'a numpy array of shape (3, 4)'."""
+    if value is None:
+        return "None"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of shape {value.shape}"
+    return f"a value of type {type(value).__name__}"
+
+
 def check_distinct(t2: Path | str, t1: Path | str) -> None:
     """Refuse the same file given as both inputs."""
     if Path(t2).resolve() == Path(t1).resolve():
@@ -76,6 +88,7 @@ def load_volume(path: Path | str, role: str) -> Volume:
     """Load a 3D NIfTI (``role`` names it in messages, e.g. 'T2w'), checked for what breaks us."""
     path = check_input_file(path, role)
     try:
+        declared_layout(path)  # header extensions end before the voxels: nibabel reads them in full
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad files
         raise DeepsegError(f"{role} file {path} is not a readable NIfTI ({exc}): re-export it from the scanner or PACS") from None
@@ -84,6 +97,9 @@ def load_volume(path: Path | str, role: str) -> Volume:
 
 def as_volume(image: nib.spatialimages.SpatialImage, role: str, path: Path | None = None) -> Volume:
     """Check an image and read its voxels (see :func:`read_voxels`; ``path``: the file it was loaded from)."""
+    if not isinstance(image, nib.spatialimages.SpatialImage):
+        raise DeepsegError(f"{role} input is {described(image)}, not a file path or an image: give a NIfTI file's path, "
+                           "or a nibabel image (for an array: nibabel.Nifti1Image(array, affine))")
     where = f"{role} file {path}" if path else f"{role} image"
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         image = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
@@ -121,15 +137,15 @@ def read_voxels(image: nib.Nifti1Image, path: Path | None = None) -> np.ndarray:
     ``np.asarray(image.dataobj, dtype=np.float32)``: unscaled integers of 8 or 16 bits (exact in
     float32) are kept as they are, at half the memory or less; anything else becomes float32.
 
-    A ``.nii.gz`` ``path`` (the file ``image`` was loaded from) is decompressed in one call:
-    about twice as fast as nibabel's streamed reads of 8 kB chunks.
+    A ``.nii.gz`` ``path`` (the file ``image`` was loaded from) is decompressed in 1 MB chunks up to
+    the bytes its header declares, never further: about twice as fast as nibabel's 8 kB reads.
     """
     proxy = image.dataobj
     if not nib.is_proxy(proxy):  # an in-memory array: nibabel applies no scaling to it
         voxels, slope, inter = np.asanyarray(proxy), 1.0, 0.0
     elif path is not None and path.name.endswith(".gz") and _plain_proxy(proxy, image.shape):
-        raw = _gunzip(path.read_bytes())
         count = int(np.prod(image.shape, dtype=np.int64))
+        raw = gunzip_bounded(path, int(proxy.offset) + count * image.header.get_data_dtype().itemsize)
         voxels = np.frombuffer(raw, image.header.get_data_dtype(), count=count, offset=int(proxy.offset))
         voxels, slope, inter = voxels.reshape(image.shape, order="F"), proxy.slope, proxy.inter
     elif _plain_proxy(proxy, image.shape):
@@ -144,17 +160,6 @@ def read_voxels(image: nib.Nifti1Image, path: Path | None = None) -> np.ndarray:
 def _plain_proxy(proxy, shape: tuple[int, ...]) -> bool:
     """A nibabel ArrayProxy over the whole image, in NIfTI's Fortran order."""
     return isinstance(proxy, nib.arrayproxy.ArrayProxy) and proxy.order == "F" and proxy.shape == tuple(shape)
-
-
-def _gunzip(blob: bytes) -> bytes:
-    """Decompress a gzip file held in memory; its CRC and length are checked."""
-    inflate = zlib.decompressobj(wbits=31)
-    raw = inflate.decompress(blob)
-    if not inflate.eof:
-        raise EOFError("compressed file ended before the end-of-stream marker was reached")
-    if inflate.unused_data.strip(b"\0"):  # several gzip members (concatenated files): rare
-        return gzip.decompress(blob)
-    return raw
 
 
 def scaled_float32(voxels: np.ndarray, slope: float, inter: float, chunk_voxels: int = 1 << 22) -> np.ndarray:
@@ -190,8 +195,10 @@ def available_memory_bytes() -> int | None:
 
 
 def check_memory(shape: tuple[int, ...], where: str) -> None:
-    """Refuse, before allocating, an image this machine cannot process (estimate in GB)."""
+    """Refuse, before allocating, an image over the memory ceiling (:mod:`limits`) or this
+    machine's available memory (estimate in GB)."""
     need = int(np.prod(shape[:3], dtype=np.int64)) * BYTES_PER_VOXEL
+    refuse_over_limit(where, shape[:3], need, "crop or downsample it, or raise the limit")
     have = available_memory_bytes()
     if have is not None and need > have:
         raise DeepsegError(
@@ -207,10 +214,20 @@ def _warn_if_qform_sform_differ(image: nib.Nifti1Image, where: str) -> None:
             log.warning("%s has a qform and an sform that disagree: using the sform, as nibabel and FSL do", where)
 
 
+# Header text an input may carry about the patient or the study (a scanner's series text, DICOM
+# fields pasted by converters): cleared in outputs, with every header extension and the intent.
+PRIVATE_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name", "data_type")
+
+
 def mask_image(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
-    """An output image on the reference's grid: same affine, qform/sform codes and units."""
+    """An output image on the reference's grid: same affine, qform/sform codes and units; none of
+    its header extensions or text fields (:data:`PRIVATE_TEXT_FIELDS`)."""
     header = reference.header.copy()
     out = nib.Nifti1Image(data, reference.affine, header)
+    out.header.extensions.clear()
+    for name in set(PRIVATE_TEXT_FIELDS) & set(out.header.keys()):
+        out.header[name] = b""
+    out.header.set_intent("none", allow_unknown=True)
     out.set_data_dtype(data.dtype)
     out.header.set_slope_inter(1.0, 0.0)
     out.header["cal_min"], out.header["cal_max"] = 0, 0

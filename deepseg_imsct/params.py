@@ -10,6 +10,7 @@ the one translator of values into :class:`Settings`, used by the command, the Py
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # imported where used: describing parameters (the command's -
     from .postprocess import PostprocessConfig
     from .registry import ClassDefaults, ModelSpec
 
+MAX_THREADS = 1024  # ONNX Runtime's thread count is a C int; no CPU has more cores than this
+MAX_VOLUME_CM3 = 1000  # a litre: larger than any spinal cord, so removing smaller components removes all
 VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3)?\s*$")
 
 
@@ -57,6 +60,9 @@ class ParamSpec:
         """A value as the user gave it (command text, a form widget's value, a Python value),
         typed and checked; raises DeepsegError naming ``where``."""
         if self.kind is ParamKind.PATH:
+            if raw is not None and (not isinstance(raw, (str, os.PathLike)) or "\0" in str(raw)):
+                what = repr(str(raw)) if isinstance(raw, (str, os.PathLike)) else f"a value of type {type(raw).__name__}"
+                raise DeepsegError(f"{where}: {what} is not a folder path (give a str or pathlib.Path, without NUL characters)")
             text = str(raw).strip() if raw is not None else ""
             return Path(text).expanduser() if text else None
         if self.kind is ParamKind.BOOL:
@@ -78,11 +84,13 @@ class ParamSpec:
                 raise DeepsegError(f"{where}: '{raw}' is not a volume (examples: 0.2, 0.2cm3, 200mm3)")
             return float(match.group(1)) / (1000.0 if match.group(2) == "mm3" else 1.0)
         try:
+            if self.kind is ParamKind.INT and not (isinstance(raw, str) or float(raw).is_integer()):
+                raise ValueError(raw)  # 2.5 threads
             return int(raw) if self.kind is ParamKind.INT else float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             if self.kind is ParamKind.FLOAT and isinstance(raw, str):
                 return math.nan  # refused by the range check, with its message
-            raise DeepsegError(f"{where}: '{raw}' is not a number") from None
+            raise DeepsegError(f"{where}: '{raw}' is not a {'whole ' if self.kind is ParamKind.INT else ''}number") from None
 
     def default_text(self) -> str:
         """The default as help text: 'tumor 0.7, edema 0.3' per class, one value when all agree."""
@@ -110,7 +118,8 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
                   "Fill 3D holes in each mask", True, option="-fill-holes", metavar="0|1", label="Fill holes"),
         ParamSpec("min_volume_cm3", ParamKind.VOLUME, {c: d.min_volume_cm3 for c, d in defaults.items()},
                   "Remove connected components smaller than this volume",
-                  True, 0.0, None, "cm³", option="-remove-small", metavar="VOL", label="Remove smaller than"),
+                  True, 0.0, MAX_VOLUME_CM3, "cm³", option="-remove-small", metavar="VOL", label="Remove smaller than",
+                  invalid="{where}: {value} is not a volume from 0 to {maximum} cm³"),
         ParamSpec("soft", ParamKind.BOOL, False, "Write probabilities (float32) instead of binary masks; thresholds are then ignored",
                   option="-soft", label="Soft output (probabilities)"),
         ParamSpec("qc", ParamKind.BOOL, False, "Also write the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
@@ -120,9 +129,9 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
         ParamSpec("overwrite", ParamKind.BOOL, False, "Replace existing output files that this tool did not write, "
                   "that were changed since, or that another T2w of the same name produced (inputs are never replaced)",
                   option="-overwrite", label="Replace files not written by this tool"),
-        ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0,
+        ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0, MAX_THREADS,
                   option="-threads", metavar="N", label="CPU threads",
-                  invalid="{where} must be >= 0 (0 lets ONNX Runtime use the physical cores)"),
+                  invalid="{where} must be from 0 to {maximum} (0 lets ONNX Runtime use the physical cores)"),
     ]
 
 

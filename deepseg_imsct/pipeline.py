@@ -25,6 +25,7 @@ from .errors import DeepsegError
 from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
+from .limits import check_work
 from .localize import box_for_mask, localize, localizer_block, on_block
 from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
 from .params import configure
@@ -105,6 +106,14 @@ def check_overlap(t2: Volume, t1: Volume) -> None:
         )
 
 
+def check_inputs(t2: Volume, t1: Volume) -> None:
+    """Checks before stage 1: the fields of view overlap and the two scans differ."""
+    check_overlap(t2, t1)
+    if t2.data.shape == t1.data.shape and np.array_equal(t2.data, t1.data):
+        raise DeepsegError(f"T2w {t2.name} and T1w {t1.name} hold the same voxel data (a copy of one scan?): "
+                           "give the T2w and the gadolinium T1w")
+
+
 def segment(
     t2: Volume,
     t1: Volume,
@@ -116,15 +125,17 @@ def segment(
     """Run the cascade on one case (see the module docstring for the stages)."""
     timings: dict[str, float] = {}
     spec: ModelSpec = segmenter.spec
-    check_overlap(t2, t1)
+    check_inputs(t2, t1)
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
         block = localizer_block(t2.grid, localizer.spec)
+        check_work(block.shape, 2, 1, f"the localizer's block for T2w {t2.name}")
         t2_block = on_block(t2, block)
     with _timed(timings, "localize"):
         cord = localize(t2, t1, t2_block, block, localizer)
     with _timed(timings, "crop"):
         box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
         crop_grid = box.on(work)
+        check_work(crop_grid.shape, len(spec.contrasts), len(spec.classes), _crop_name(t2, spec, cord is None))
         x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
     with _timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
@@ -139,6 +150,12 @@ def segment(
         cord_found=cord is not None,
         timings=timings,
     )
+
+
+def _crop_name(t2: Volume, spec: ModelSpec, whole: bool) -> str:
+    """Stage 2's crop as memory refusals name it."""
+    where = "the whole field of view: no spinal cord was found" if whole else "around the spinal cord"
+    return f"the segmenter's crop of T2w {t2.name} ({where}) on its {'x'.join(f'{s:g}' for s in spec.spacing_mm)} mm grid"
 
 
 def _bar(enabled: bool, shape, spec: ModelSpec):
@@ -259,7 +276,7 @@ class Predictor:
 def _volume(source, role: str) -> Volume:
     if isinstance(source, Volume):
         return source
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, os.PathLike)):
         return load_volume(source, role)
     return as_volume(source, role)
 

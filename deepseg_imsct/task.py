@@ -61,8 +61,15 @@ class Task:
 
     def run(self, inputs: Mapping[str, Path | str], params: Mapping[str, Any] | None = None) -> dict[str, Path]:
         """Run on ``inputs`` ({'t2': path, 't1': path}) with ``params`` named as in :meth:`parameters`."""
+        from .errors import DeepsegError
+        from .io import described
         from .pipeline import segment_files
 
+        if not isinstance(inputs, Mapping) or any(c not in inputs for c in self.contrasts):
+            what = f"keys {sorted(map(str, inputs))}" if isinstance(inputs, Mapping) else described(inputs)
+            raise DeepsegError(f"Task.run: inputs must map each of {' '.join(self.contrasts)} to a file path; got {what}")
+        if params is not None and not isinstance(params, Mapping):
+            raise DeepsegError(f"Task.run: params must map parameter names to values; got {described(params)}")
         return segment_files(inputs["t2"], inputs["t1"], task=self.name, registry=self._registry(), **dict(params or {}))
 
 

@@ -60,7 +60,7 @@ def test_per_class_options_reach_the_sidecar(registry, tmp_path):
      (["-remove-small", "0.2vox"], r"-remove-small: '0.2vox' is not a volume \(examples: 0.2, 0.2cm3, 200mm3\)"),
      (["-thr", "brain=1"], r"-thr: unknown class brain \(classes: tumor edema cavity whole-tumor\)"),
      (["-fill-holes", "2"], "-fill-holes: '2' is not 0 or 1"),
-     (["-threads", "-1"], r"-threads must be >= 0 \(0 lets ONNX Runtime use the physical cores\)")],
+     (["-threads", "-1"], r"-threads must be from 0 to 1024 \(0 lets ONNX Runtime use the physical cores\)")],
 )
 def test_bad_parameter_values_are_the_documented_one_line_errors(registry, tmp_path, capsys, option, message):
     t2, t1 = write_case(tmp_path)

@@ -33,7 +33,10 @@ from http_server import FlakyServer, free_port, html_page, send_bytes, stall, st
 from onnx_models import write_registry
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cli, download, fetch, io, registry, transaction
+from deepseg_imsct import cli, download, fetch, io, limits, registry, transaction
+from deepseg_imsct.errors import DeepsegError
+from deepseg_imsct.pipeline import Predictor, segment_files
+from deepseg_imsct.task import TUMOR_EDEMA_CAVITY
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 REASONS = "Download failure reasons"
@@ -284,6 +287,34 @@ def _(env):
     return bad_input(env, image(noise()))
 
 
+def declared_only(shape: tuple[int, ...], dtype=np.int16, data: bytes = b"") -> bytes:
+    """A .nii.gz whose header declares ``shape`` voxels, followed by ``data`` only."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.diag([0.5, 0.5, 0.5, 1.0]), code=1)
+    header["vox_offset"] = 352
+    return gzip.compress(header.binaryblock + b"\0" * 4 + data)
+
+
+@trigger("Image larger than the memory limit")
+def _(env):
+    return bad_input(env, declared_only((2048, 2048, 512)))  # 34 GB declared in 0.4 kB
+
+
+@trigger("Working grid larger than the memory limit")
+def _(env):
+    env.registry(loc_min_volume_cm3=1000.0, seg_spacing=(0.3, 0.3, 0.3))  # no cord: the whole field of view
+    env.mp.setenv(limits.ENV_MEMORY, "0.05")
+    return with_case(env)
+
+
+@trigger("Memory limit setting not a number")
+def _(env):
+    env.mp.setenv(limits.ENV_MEMORY, "lots")
+    return with_case(env)
+
+
 @trigger("Constant or all-zero image")
 def _(env):
     return bad_input(env, image(np.zeros((20, 20, 6), np.int16)))
@@ -300,6 +331,14 @@ def _(env):
     far = synthetic.sagittal_affine("PSR", (0.8, 0.8, 3.0), (160, 200, 14), centre=(0.0, 0.0, 400.0))
     t2, t1 = env.case(t1_grid=((160, 200, 14), far))
     return env.cli("-i", t2, t1)
+
+
+@trigger("The same image given twice (a copy)")
+def _(env):
+    t2, _ = env.case()
+    copy = env.base / "in" / "sub-01_T1w.nii.gz"
+    copy.write_bytes(t2.read_bytes())
+    return env.cli("-i", t2, copy)
 
 
 # outputs and the run
@@ -442,7 +481,27 @@ TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-sma
 TRIGGERS["-fill-holes not 0 or 1"] = lambda env: with_case(env, "-fill-holes", "yes")
 TRIGGERS["Unknown class in CLASS=VALUE"] = lambda env: with_case(env, "-thr", "brain=0.5")
 TRIGGERS["Wrong number of per-class values"] = lambda env: with_case(env, "-thr", "0.5", "0.6")
-TRIGGERS["Negative -threads"] = lambda env: with_case(env, "-threads", "-1")
+TRIGGERS["-threads out of range"] = lambda env: with_case(env, "-threads", "99999999999")
+TRIGGERS["-remove-small out of range"] = lambda env: with_case(env, "-remove-small", "1e400")
+
+
+# the Python API: its messages, from the call that raises them
+
+def api_error(call: Callable[[], object]) -> list[str]:
+    with pytest.raises(DeepsegError) as info:
+        call()
+    return [str(info.value)]
+
+
+def _api_case(env: Env) -> tuple[Path, Path]:
+    return env.case()
+
+
+TRIGGERS["Input neither a path nor an image"] = lambda env: api_error(lambda: Predictor()(np.zeros((20, 20, 6)), _api_case(env)[1]))
+TRIGGERS["Input file name not a path"] = lambda env: api_error(lambda: segment_files(b"sub_T2w.nii.gz", _api_case(env)[1]))
+TRIGGERS["Output folder not a path"] = lambda env: api_error(lambda: segment_files(*_api_case(env), out_dir=b"out"))
+TRIGGERS["Task.run inputs malformed"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run({"t2": _api_case(env)[0]}))
+TRIGGERS["Parameters not a mapping"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run(dict(zip(("t2", "t1"), _api_case(env))), ["soft"]))
 TRIGGERS["Unknown task"] = lambda env: env.cli("no_such_task", "-i", "a.nii", "b.nii")
 TRIGGERS["Unknown model version"] = lambda env: with_case(env, "-segmenter-version", "9.9")
 
@@ -695,10 +754,27 @@ def cord_phantoms() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     return nib.Nifti1Image(t2.astype(np.float32), affine), nib.Nifti1Image(t1.astype(np.float32), affine)
 
 
+def true_cord(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make stage 1 find the true cord of :func:`cord_phantoms` (radius 4 mm about the z axis) on
+    any scan: the analytic localizer ('bright = cord') takes the bright CSF for cord. Returns the
+    list that counts the calls."""
+    from deepseg_imsct import localize
+
+    calls: list[int] = []
+
+    def find_cord(values, block, model):
+        calls.append(1)
+        xyz = synthetic.centres_mm(block.shape, block.affine)
+        return (np.hypot(xyz[..., 0], xyz[..., 1]) <= 4) & ~np.isnan(values)
+    monkeypatch.setattr(localize, "find_cord", find_cord)
+    return calls
+
+
 @trigger("T2w and T1w look swapped")
 def _(env):
     t2, t1 = cord_phantoms()
-    return run_with_t2(env, t1, t2)
+    true_cord(env.mp)
+    return run_with_t2(env, t1, t2, code=2)
 
 
 @trigger("No cord in the T2w but one in the T1w")

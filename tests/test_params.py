@@ -36,11 +36,11 @@ def test_overrides_one_value_or_per_class():
     [({"threshold": {"cavity": 0.5}}, r"threshold: unknown class cavity \(classes: tumor edema\)"),
      ({"threshold": 1.5}, r"threshold of tumor: threshold 1.5 is not a probability in \[0, 1\]"),
      ({"threshold": float("nan")}, "not a probability"),
-     ({"min_volume_cm3": -1}, r"min_volume_cm3 of tumor: -1 is outside \[0.0, ∞\]"),
+     ({"min_volume_cm3": -1}, r"min_volume_cm3 of tumor: -1 is not a volume from 0 to 1000 cm³"),
      ({"min_volume_cm3": "0.2vox"}, "'0.2vox' is not a volume"),
      ({"fill_holes": "yes"}, "'yes' is not 0 or 1"),
-     ({"threads": -1}, r"threads must be >= 0 \(0 lets ONNX Runtime use the physical cores\)"),
-     ({"threads": "many"}, "threads: 'many' is not a number"),
+     ({"threads": -1}, r"threads must be from 0 to 1024 \(0 lets ONNX Runtime use the physical cores\)"),
+     ({"threads": "many"}, "threads: 'many' is not a whole number"),
      ({"thresholds": 0.5}, "unknown parameter thresholds")],
 )
 def test_bad_values_are_refused_with_the_fix(values, message):
