@@ -209,3 +209,15 @@ def test_training_reads_its_geometry_with_the_runtime_parser():
         StageConfig.from_dict(GEOMETRY | {"patch_size": [32, 16]})
     with pytest.raises(DeepsegError, match="last class must be the union"):
         StageConfig.from_dict(GEOMETRY | {"output": "exclusive", "classes": ["tumor", "edema"]})
+
+
+def test_learning_curve_counts_a_redone_step_once(tmp_path):
+    from imsct_train.history import markdown, rows
+
+    recs = [{"loss": 2.0, "iteration": i, "compute_cpu_s": 3.0, "data_cpu_s": 0.6, "compute_s": 2.0} for i in (1, 2, 3)]
+    recs += [{"loss": 1.0, "iteration": 3, "compute_cpu_s": 3.0, "data_cpu_s": 0.6, "compute_s": 2.0}]  # resumed: step 3 again
+    recs += [{"iteration": 3, "validation": {"score": 0.5, "dice_tumor": 0.4}}]
+    (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    (row,) = rows(tmp_path / "h.jsonl")
+    assert row["iteration"] == 3 and row["cpu_hours"] == pytest.approx(3 * 3.6 / 3600) and row["loss"] == pytest.approx(5 / 3)
+    assert "| 3 | 0.00 | 1.667 | 2.0 | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")

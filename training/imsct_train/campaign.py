@@ -3,6 +3,7 @@
     python -m imsct_train.campaign prepare --config training/configs/segmenter-2.json --split train --jobs 1
     python -m imsct_train.campaign train   --config training/configs/segmenter-2.json   # resumes by itself
     python -m imsct_train.campaign export  --config training/configs/segmenter-2.json
+    python -m imsct_train.campaign report  --config training/configs/segmenter-2.json   # learning curve (markdown)
 
 ``prepare`` generates phantoms and writes their crops (:mod:`imsct_train.crops`); it can run
 beside ``train``, which rescans the crop folder at every validation and so learns from a pool
@@ -244,7 +245,7 @@ class Campaign:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m imsct_train.campaign", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("prepare", "train", "export"))
+    p.add_argument("command", choices=("prepare", "train", "export", "report"))
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="prepare: which seeds")
     p.add_argument("--jobs", type=int, default=1, help="prepare: processes")
@@ -253,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
+    if args.command == "report":
+        from .history import markdown
+
+        print(markdown(Path(cfg["run_dir"]) / "history.jsonl"))
+        return 0
     if args.command == "prepare":
         print(prepare(cfg, args.split, args.jobs))
         return 0

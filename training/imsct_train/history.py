@@ -1,0 +1,56 @@
+"""The campaign's learning curve from ``run_dir/history.jsonl``: one markdown row per validation.
+
+    python -m imsct_train.campaign report --config training/configs/segmenter-2.json
+
+Steps logged twice (a stretch resumed from an earlier checkpoint redoes them) count once, the
+last record winning. CPU seconds are the training process's compute plus the worker's batches.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
+
+
+def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """(steps, validations), each keyed by iteration."""
+    steps: dict[int, dict[str, Any]] = {}
+    vals: dict[int, dict[str, Any]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "validation" in rec:
+            vals[int(rec["iteration"])] = rec["validation"]
+        elif "loss" in rec:
+            steps[int(rec["iteration"])] = rec
+    return steps, vals
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    """Per validation: step, cumulative CPU-hours, mean loss and median step seconds since the previous one, metrics."""
+    steps, vals = read(path)
+    out, previous, cpu = [], 0, 0.0
+    for it in sorted(vals):
+        span = [steps[i] for i in range(previous + 1, it + 1) if i in steps]
+        cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
+        out.append({"iteration": it, "cpu_hours": cpu / 3600, "validation": vals[it],
+                    "loss": statistics.mean(s["loss"] for s in span) if span else float("nan"),
+                    "step_s": statistics.median(s["compute_s"] for s in span) if span else float("nan")})
+        previous = it
+    return out
+
+
+def markdown(path: Path) -> str:
+    """The learning curve as a markdown table."""
+    head = ("| step | CPU-hours | mean loss | median step (s) | validation mean | tumor | edema | cavity | whole | "
+            "healthy cases < 0.1 cm³ |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows(path):
+        v = r["validation"]
+        per = " | ".join(f"{v.get(f'dice_{c}', float('nan')):.3f}" for c in CLASSES)
+        healthy = v.get("healthy_under_0.1cm3")
+        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {v['score']:.3f} | {per} | "
+                     f"{'' if healthy is None else f'{healthy:.0%}'} |")
+    return "\n".join(lines)
