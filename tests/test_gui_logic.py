@@ -92,8 +92,8 @@ def test_defaults_parse_to_the_specs_defaults(task):
 @pytest.mark.parametrize(
     "values,message",
     [({"threshold.tumor": 1.5}, r"Threshold of tumor: threshold 1.5 is not a probability in \[0, 1\]"),
-     ({"min_volume_cm3.cavity": -1}, r"Remove smaller than \(cm³\) of cavity: -1 is outside \[0.0, ∞\]"),
-     ({"threads": "many"}, "CPU threads: 'many' is not a number")],
+     ({"min_volume_cm3.cavity": -1}, r"Remove smaller than \(cm³\) of cavity: -1 is not a volume from 0 to 1000 cm³"),
+     ({"threads": "many"}, "CPU threads: 'many' is not a whole number")],
 )
 def test_bad_values_are_one_line_errors(task, values, message):
     fields = logic.form_fields(task.parameters(), task.classes())
