@@ -150,8 +150,9 @@ def _exists(path: Path) -> bool:
 
 def _cached_path(spec: ModelSpec) -> Path:
     for part in (spec.name, spec.version, spec.file):
-        if not part or part in (".", "..") or Path(part).name != part or "\\" in part:
-            raise DeepsegError(f"model '{spec.name}' version '{spec.version}' has an unsafe name or file '{part}' in "
+        if not part or part in (".", "..") or "\0" in part or Path(part).name != part or "\\" in part:
+            shown = {k: v.encode("unicode_escape").decode("ascii") for k, v in (("name", spec.name), ("part", part))}
+            raise DeepsegError(f"model '{shown['name']}' version '{spec.version}' has an unsafe name or file '{shown['part']}' in "
                                f"{spec.registry_dir}: fix the registry")
     return cache_dir() / "models" / spec.name / spec.version / spec.file
 

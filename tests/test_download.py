@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -653,11 +654,14 @@ def test_cache_dir_falls_back_to_temp(monkeypatch: pytest.MonkeyPatch, caplog: p
     assert download.cache_dir() == home / ".cache" / "deepseg_imsct"
 
 
-def test_unsafe_file_name_in_registry(home: Path) -> None:
-    spec = make_spec()
-    bad = ModelSpec(**{**spec.__dict__, "file": "../../evil.onnx"})
-    with pytest.raises(DeepsegError, match="unsafe"):
+@pytest.mark.parametrize("field, value, shown", [("file", "../../evil.onnx", "../../evil.onnx"),
+                                                  ("name", "seg\0menter", "seg\\x00menter")])
+def test_unsafe_file_name_in_registry(home: Path, field: str, value: str, shown: str) -> None:
+    bad = ModelSpec(**{**make_spec().__dict__, field: value})
+    with pytest.raises(DeepsegError, match=re.escape(f"unsafe name or file '{shown}'")):
         download.ensure_model(bad, offline=True)
+    with pytest.raises(DeepsegError, match="unsafe"):
+        download.is_installed(bad)
 
 
 def test_clear_cache_all(server: FlakyServer, home: Path) -> None:
