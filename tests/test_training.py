@@ -18,7 +18,7 @@ from imsct_train import data as D
 from imsct_train.export import export_onnx, parity, registry_entry, update_registry
 from imsct_train import train as T
 from imsct_train.train import CaseStore, Trainer, dice_loss
-from imsct_train.tune import ValCase, best_threshold, sweep
+from imsct_train.tune import ValCase, best_value, class_mask, sweep
 from imsct_train.unet import Modified3DUNet, _SubpixelUp, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
@@ -265,9 +265,35 @@ def _tuning_case(inside: float, shell: float) -> ValCase:
 def test_threshold_tuning_finds_the_band_that_separates_truth_from_the_shell():
     from deepseg_imsct.postprocess import ClassPost
 
-    rows = sweep([_tuning_case(0.6, 0.55)], "tumor", ClassPost(0.5, True, 0.0))
-    by_t = {r["threshold"]: r["dice"] for r in rows}
+    rows = sweep([_tuning_case(0.6, 0.55)], "tumor", {"tumor": ClassPost(0.5, True, 0.0)})
+    by_t = {r["value"]: r["dice"] for r in rows}
     assert by_t[0.6] == 1.0 and by_t[0.55] < 0.5 and by_t[0.65] == 0.0  # prob >= threshold is foreground
-    assert best_threshold(rows) == 0.6
-    # a plateau of perfect thresholds: the one closest to 0.5 wins
-    assert best_threshold(sweep([_tuning_case(0.9, 0.2)], "tumor", ClassPost(0.5, True, 0.0))) == 0.5
+    assert best_value(rows, 0.5) == 0.6
+    # a plateau of perfect thresholds: the one closest to the default wins
+    assert best_value(sweep([_tuning_case(0.9, 0.2)], "tumor", {"tumor": ClassPost(0.5, True, 0.0)}), 0.5) == 0.5
+
+
+def test_minimum_volume_tuning_drops_specks_and_keeps_the_lesion():
+    from deepseg_imsct.postprocess import ClassPost
+
+    case = _tuning_case(0.9, 0.0)  # a ball of 257 voxels = 0.257 cm3, exactly the truth
+    for corner in ((0, 0, 0), (0, 19, 0), (19, 0, 19)):  # three 1-voxel false positives
+        case.probs["tumor"][corner] = 0.9
+    rows = sweep([case], "tumor", {"tumor": ClassPost(0.5, True, 0.0)}, "min_volume_cm3")
+    by_v = {r["value"]: r["dice"] for r in rows}
+    assert by_v[0.0] < 1.0 and by_v[0.01] == by_v[0.2] == 1.0 and by_v[0.3] == 0.0
+    assert best_value(rows, 0.2) == 0.2 and best_value(rows, 0.0) == 0.01
+
+
+def test_tuning_an_exclusive_model_post_processes_the_classes_together():
+    from deepseg_imsct.postprocess import ClassPost
+
+    case = _tuning_case(0.9, 0.0)
+    tumor = case.probs["tumor"]
+    probs = {"tumor": tumor * 0.7, "edema": tumor * 0.2, "cavity": tumor * 0.0, "whole-tumor": tumor * 0.9}
+    exclusive = ValCase(probs, {c: case.truth["tumor"] if c in ("tumor", "whole-tumor") else ~case.truth["tumor"] & False
+                                for c in probs}, 1.0)
+    config = {c: ClassPost(0.5, True, 0.0) for c in probs}
+    assert np.array_equal(class_mask(exclusive, "tumor", config, exclusive=True), case.truth["tumor"])  # 0.63 >= 0.5
+    assert not class_mask(exclusive, "tumor", config | {"tumor": ClassPost(0.7, True, 0.0)}, exclusive=True).any()
+    assert not class_mask(exclusive, "edema", config, exclusive=True).any()

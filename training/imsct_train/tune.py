@@ -1,14 +1,16 @@
-"""Tune a segmenter's default binarization thresholds on validation phantoms.
+"""Tune a segmenter's default post-processing on validation phantoms: thresholds or minimum volumes.
 
-``python -m imsct_train.tune --config configs/segmenter-1.1.json [-n 24] [--write]``
+``python -m imsct_train.tune --config configs/segmenter-1.1.json [-n 24] [--field min_volume_cm3] [--write]``
 
 Runs the exported model (the registry entry named by the config's name and version, through
 the package's own cascade) on validation phantoms, keeps the probability maps, and for each
-class sweeps the binarization threshold with the entry's other post-processing settings (fill
-holes, minimum volume in cm³: the paper's) fixed. The chosen threshold maximises the mean Dice
-over cases (paper convention: a false positive on an absent structure scores 0; cases where
-both are empty are left out); ties go to the threshold closest to 0.5. ``--write`` stores the
-choice in the config's ``export.postprocessing``, from which export writes the registry entry.
+class sweeps one post-processing field (the binarization threshold, or the minimum component
+volume in cm³) with the entry's other settings fixed, post-processing exactly as the runtime
+does (:func:`deepseg_imsct.postprocess.postprocess_exclusive` for a model with exclusive
+classes). The chosen value maximises the mean Dice over cases (paper convention: a false
+positive on an absent structure scores 0; cases where both are empty are left out); ties go to
+the value closest to the current default. ``--write`` stores the choice in the config's
+``export.postprocessing``, from which export writes the registry entry.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ import numpy as np
 log = logging.getLogger("imsct_train")
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.951, 0.05))
+MIN_VOLUMES_CM3 = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+VALUES = {"threshold": THRESHOLDS, "min_volume_cm3": MIN_VOLUMES_CM3}
+UNION = "whole-tumor"
 
 
 @dataclass(frozen=True)
@@ -65,23 +70,32 @@ def collect(predictor, seeds: Sequence[int]) -> list[ValCase]:
     return cases
 
 
-def sweep(cases: Sequence[ValCase], name: str, post, thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
-    """One row per threshold: mean Dice, detection rate and false detection rate of class ``name``."""
+def class_mask(case: ValCase, name: str, config, exclusive: bool) -> np.ndarray:
+    """Class ``name``'s mask of ``case`` under ``config`` ({class: ClassPost}), as the runtime makes it."""
+    from deepseg_imsct.postprocess import postprocess, postprocess_exclusive
+
+    if exclusive:
+        return postprocess_exclusive(case.probs, config, UNION, case.voxel_mm3)[name] > 0
+    return postprocess(case.probs[name], config[name], case.voxel_mm3) > 0
+
+
+def sweep(cases: Sequence[ValCase], name: str, config, field: str = "threshold", values: Sequence[float] | None = None,
+          exclusive: bool = False) -> list[dict]:
+    """One row per value of ``field`` for class ``name``: mean Dice, detection and false detection rates."""
     from deepseg_imsct.evaluate import segmentation_metrics, summarize
-    from deepseg_imsct.postprocess import postprocess
 
     rows = []
-    for t in thresholds:
-        metrics = [segmentation_metrics(postprocess(c.probs[name], replace(post, threshold=t), c.voxel_mm3) > 0,
-                                        c.truth[name], c.voxel_mm3) for c in cases]
-        rows.append({"threshold": t, **{f: summarize(getattr(m, f) for m in metrics).mean for f in ("dice", "tpr", "fdr")}})
+    for v in values or VALUES[field]:
+        trial = {**config, name: replace(config[name], **{field: v})}
+        metrics = [segmentation_metrics(class_mask(c, name, trial, exclusive), c.truth[name], c.voxel_mm3) for c in cases]
+        rows.append({"value": v, **{f: summarize(getattr(m, f) for m in metrics).mean for f in ("dice", "tpr", "fdr")}})
     return rows
 
 
-def best_threshold(rows: Sequence[dict]) -> float:
-    """The threshold of highest mean Dice; ties (within 1e-9) go to the one closest to 0.5."""
+def best_value(rows: Sequence[dict], default: float) -> float:
+    """The value of highest mean Dice; ties (within 1e-9) go to the one closest to ``default``."""
     top = max(r["dice"] for r in rows)
-    return min((r for r in rows if r["dice"] >= top - 1e-9), key=lambda r: abs(r["threshold"] - 0.5))["threshold"]
+    return min((r for r in rows if r["dice"] >= top - 1e-9), key=lambda r: abs(r["value"] - default))["value"]
 
 
 def _cell(row: dict, mark: bool) -> str:
@@ -93,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", required=True, type=Path, help="segmenter config (training/configs/*.json)")
     p.add_argument("-n", type=int, default=24, help="validation phantoms (first n seeds of the val split)")
     p.add_argument("--registry", type=Path, help="registry holding the exported model (default: the package's)")
-    p.add_argument("--write", action="store_true", help="store the chosen thresholds in the config")
+    p.add_argument("--field", choices=sorted(VALUES), default="threshold", help="what to sweep (default threshold)")
+    p.add_argument("--write", action="store_true", help="store the chosen values in the config")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from deepseg_imsct.pipeline import Predictor
@@ -105,20 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = load_registry(args.registry) if args.registry else None
     predictor = Predictor(versions={cfg["name"]: str(cfg["version"])}, registry=registry)
     cases = collect(predictor, split_seeds("val", args.n))
-    defaults = predictor.default_postprocessing().classes
-    sweeps = {name: sweep(cases, name, defaults[name]) for name in predictor.classes}
-    chosen = {name: best_threshold(rows) for name, rows in sweeps.items()}
+    defaults = dict(predictor.default_postprocessing().classes)
+    exclusive = predictor.segmenter.spec.output == "exclusive"
+    sweeps = {name: sweep(cases, name, defaults, args.field, exclusive=exclusive) for name in predictor.classes}
+    chosen = {name: best_value(rows, getattr(defaults[name], args.field)) for name, rows in sweeps.items()}
     print(f"{cfg['name']} {cfg['version']}, {len(cases)} validation phantoms: mean Dice / detection rate / "
-          "false detection rate (%) per binarization threshold; * = chosen\n")
-    print("| threshold | " + " | ".join(sweeps) + " |\n|---|" + "---|" * len(sweeps))
-    for i, t in enumerate(THRESHOLDS):
-        cells = [_cell(rows[i], chosen[name] == t) for name, rows in sweeps.items()]
-        print(f"| {t:.2f} | " + " | ".join(cells) + " |")
+          f"false detection rate (%) per {args.field}; * = chosen\n")
+    print(f"| {args.field} | " + " | ".join(sweeps) + " |\n|---|" + "---|" * len(sweeps))
+    for i, v in enumerate(VALUES[args.field]):
+        cells = [_cell(rows[i], chosen[name] == v) for name, rows in sweeps.items()]
+        print(f"| {v:g} | " + " | ".join(cells) + " |")
     if args.write:
-        for name, t in chosen.items():
-            cfg["export"]["postprocessing"][name]["threshold"] = t
+        for name, v in chosen.items():
+            cfg["export"]["postprocessing"][name][args.field] = v
         args.config.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        log.info("wrote the thresholds into %s (export the model again to update the registry)", args.config)
+        log.info("wrote the chosen %s into %s (export the model again to update the registry)", args.field, args.config)
     return 0
 
 
