@@ -220,4 +220,4 @@ def test_learning_curve_counts_a_redone_step_once(tmp_path):
     (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     (row,) = rows(tmp_path / "h.jsonl")
     assert row["iteration"] == 3 and row["cpu_hours"] == pytest.approx(3 * 3.6 / 3600) and row["loss"] == pytest.approx(5 / 3)
-    assert "| 3 | 0.00 | 1.667 | 2.0 | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")
+    assert "| 3 | 0.00 | 1.667 | 2.0 | 3.00 / 0.60 | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")

@@ -35,22 +35,24 @@ def rows(path: Path) -> list[dict[str, Any]]:
     for it in sorted(vals):
         span = [steps[i] for i in range(previous + 1, it + 1) if i in steps]
         cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
+        med = (lambda key: statistics.median(s.get(key, 0.0) for s in span) if span else float("nan"))
         out.append({"iteration": it, "cpu_hours": cpu / 3600, "validation": vals[it],
                     "loss": statistics.mean(s["loss"] for s in span) if span else float("nan"),
-                    "step_s": statistics.median(s["compute_s"] for s in span) if span else float("nan")})
+                    "step_s": med("compute_s"), "compute_cpu_s": med("compute_cpu_s"), "data_cpu_s": med("data_cpu_s")})
         previous = it
     return out
 
 
 def markdown(path: Path) -> str:
     """The learning curve as a markdown table."""
-    head = ("| step | CPU-hours | mean loss | median step (s) | validation mean | tumor | edema | cavity | whole | "
-            "healthy cases < 0.1 cm³ |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| step | CPU-hours | mean loss | median step (s) | CPU-s per step: compute / data | validation mean | tumor | "
+            "edema | cavity | whole | healthy cases < 0.1 cm³ |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows(path):
         v = r["validation"]
         per = " | ".join(f"{v.get(f'dice_{c}', float('nan')):.3f}" for c in CLASSES)
         healthy = v.get("healthy_under_0.1cm3")
-        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {v['score']:.3f} | {per} | "
+        cpu = f"{r['compute_cpu_s']:.2f} / {r['data_cpu_s']:.2f}"
+        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {cpu} | {v['score']:.3f} | {per} | "
                      f"{'' if healthy is None else f'{healthy:.0%}'} |")
     return "\n".join(lines)
