@@ -26,3 +26,13 @@ def shared_data() -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test gets an empty model cache of its own."""
     monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch) -> Path:
+    """A registry of analytic ONNX models (tests/onnx_models.py), made the active one."""
+    from onnx_models import write_registry  # imports onnx: only for the tests that ask
+
+    path = write_registry(tmp_path / "models")
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
+    return path

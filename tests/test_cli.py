@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,15 +10,8 @@ import pytest
 
 from deepseg_imsct import cli
 
-from onnx_models import CLASSES, write_registry
+from onnx_models import CLASSES
 from test_pipeline import write_case
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch) -> Path:
-    path = write_registry(tmp_path / "models")
-    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
-    return path
 
 
 def test_segments_and_prints_the_viewer_command(registry, tmp_path, capsys):

@@ -27,7 +27,7 @@ wx = pytest.importorskip("wx", reason="wxPython is not installed: apt-get instal
                          "with /usr/bin/python3 -m venv --system-site-packages (see .ci/gui-setup.sh)")
 pytest.importorskip("fsleyes", reason="FSLeyes is not installed: pip install '.[fsleyes]' (see .ci/gui-setup.sh)")
 
-from onnx_models import CLASSES, write_registry
+from onnx_models import CLASSES
 from test_pipeline import write_case
 
 from deepseg_imsct.gui import dialog, logic
@@ -51,13 +51,6 @@ def fsleyes_home(tmp_path_factory):
         fsleyes.initialise()
         fsleyes.colourmaps.init()
         yield home
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch) -> Path:
-    path = write_registry(tmp_path / "models")
-    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
-    return path
 
 
 def check_overlays(display_ctx, loaded, soft: bool = False) -> None:

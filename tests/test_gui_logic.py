@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from onnx_models import CLASSES, write_registry
+from onnx_models import CLASSES
 from test_pipeline import write_case
 
 from deepseg_imsct import cli, outputs
@@ -21,13 +21,6 @@ from deepseg_imsct.gui import launcher, logic, runner, worker
 from deepseg_imsct.gui.logic import ImageInfo, Request
 from deepseg_imsct.params import ParamKind, convert_all
 from deepseg_imsct.task import Task
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch) -> Path:
-    path = write_registry(tmp_path / "models")
-    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
-    return path
 
 
 @pytest.fixture

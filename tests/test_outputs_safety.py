@@ -20,17 +20,9 @@ import pytest
 from deepseg_imsct import cli, outputs, pipeline, transaction
 from deepseg_imsct.errors import DeepsegError
 
-from onnx_models import write_registry
 from test_pipeline import write_case
 
 WAIT_S = 240.0  # for a child process to reach a point: generous on a loaded machine
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch) -> Path:
-    path = write_registry(tmp_path / "models")
-    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(path))
-    return path
 
 
 @pytest.fixture
