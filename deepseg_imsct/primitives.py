@@ -9,14 +9,17 @@ import numpy as np
 MM3_PER_CM3 = 1000.0
 
 
-def zscore(data: np.ndarray) -> np.ndarray:
+def zscore(data: np.ndarray, stats_from: tuple[slice, ...] | None = None) -> np.ndarray:
     """Z-score one 3D channel over its finite voxels; NaN (outside the field of view) becomes 0.
 
     NaN marks voxels outside the acquired field of view, so zero padding never biases the
     statistics. A constant channel becomes all zeros (no division by ~0). Returns float32.
+    ``stats_from``: take the statistics from ``data[stats_from]`` only (training crops hold a
+    margin around the runtime's box and are normalised as the box is).
     """
     valid = np.isfinite(data)
-    values = data[valid]
+    region = data if stats_from is None else data[stats_from]
+    values = region[np.isfinite(region)]
     mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
     std = float(values.std(dtype=np.float64)) if values.size else 0.0
     out = np.subtract(data, np.float32(mean), dtype=np.float32)

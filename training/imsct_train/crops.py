@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from deepseg_imsct.grid import resample
 from deepseg_imsct.localize import Box, box_for_mask
+from deepseg_imsct.primitives import zscore
 
 from .data import Case, StageConfig, rotation_matrix
 
@@ -41,16 +42,6 @@ def runtime_box(case: Case, stage: StageConfig):
                         stage.safety_factor, stage.patch_size, stage.stride)
 
 
-def _zscore_with(raw: np.ndarray, inner: tuple[slice, ...]) -> np.ndarray:
-    """``raw`` z-scored with the finite statistics of ``raw[inner]`` (runtime: the box); NaN -> 0."""
-    vals = raw[inner][np.isfinite(raw[inner])]
-    mean = float(vals.mean(dtype=np.float64)) if vals.size else 0.0
-    std = float(vals.std(dtype=np.float64)) if vals.size else 0.0
-    out = (raw - np.float32(mean)) / np.float32(std if std > 1e-6 * max(1.0, abs(mean)) else 1.0)
-    out[~np.isfinite(out)] = 0.0
-    return out.astype(np.float32)
-
-
 def build_crop(case: Case, stage: StageConfig, margin: Sequence[int] = MARGIN) -> tuple[np.ndarray, np.ndarray, dict]:
     """(x float16 (C, S, A, R), y uint8 (S, A, R), meta) of one case; see the module docstring."""
     box, work = runtime_box(case, stage)
@@ -58,7 +49,7 @@ def build_crop(case: Case, stage: StageConfig, margin: Sequence[int] = MARGIN) -
     outer = Box(tuple(int(v) for v in np.asarray(box.start) - m), tuple(int(v) for v in np.asarray(box.size) + 2 * m))
     grid = outer.on(work)
     inner = tuple(slice(int(a), int(a + n)) for a, n in zip(m, box.size))
-    x = np.stack([_zscore_with(resample(d, g, grid, order=1, fill=np.nan), inner) for d, g in case.images(stage.contrasts)])
+    x = np.stack([zscore(resample(d, g, grid, order=1, fill=np.nan), inner) for d, g in case.images(stage.contrasts)])
     frac = resample(np.stack([case.labels[c] for c in (*LESIONS, "cord")]).astype(np.float32), case.label_grid, grid, order=1, fill=0.0)
     lesion = np.concatenate([1.0 - frac[:3].sum(0, keepdims=True), frac[:3]])
     y = np.argmax(lesion, axis=0).astype(np.uint8) | (CORD_BIT * (frac[3] >= 0.5)).astype(np.uint8)

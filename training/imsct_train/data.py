@@ -274,10 +274,13 @@ def build_targets(case: Case, classes: Sequence[str], dst: Grid) -> np.ndarray:
     return np.clip(y, 0.0, 1.0, out=y)
 
 
+TRAINING_ONLY = ("box_jitter_vox", "lesion_fraction")  # geometry keys the registry entry does not carry
+
+
 def geometry_spec(geometry: Mapping[str, Any]) -> ModelSpec:
     """A config's ``geometry`` read by the runtime's own registry parser (same fields, same checks):
     training, export and the runtime share one typed model spec."""
-    fields = {k: v for k, v in geometry.items() if k not in ("box_jitter_vox", "lesion_fraction")}
+    fields = {k: v for k, v in geometry.items() if k not in TRAINING_ONLY}
     entry = {"file": "config.onnx", "sha256": "0" * 64, "size": 1, "sources": ["config.onnx"], "normalization": "zscore", **fields}
     return parse_entry("config", "geometry", entry, Path("config.json"))
 
@@ -299,7 +302,7 @@ class StageConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StageConfig:
         spec = geometry_spec(d)
-        extras = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in ("box_jitter_vox", "lesion_fraction")}
+        extras = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in TRAINING_ONLY}
         return cls(spec.contrasts, spec.classes, spec.spacing_mm, spec.patch_size, spec.stride, spec.safety_factor, **extras)
 
 
