@@ -99,7 +99,7 @@ def localize(t2: Volume, t1: Volume, t2_block: np.ndarray, block: Grid, model: O
     if cord is not None and csf_evidence(cord, t2_block, t1_block)[0] > SWAP_MARGIN:
         return cord  # the T2w's own cord confirms the order: no second localizer pass
     other = find_cord(t1_block, block, model)
-    check_order(t2, t1, [m for m in (other, cord) if m is not None], t2_block, t1_block)
+    check_order(t2, t1, cord, other, t2_block, t1_block)
     if cord is not None:
         return cord
     if other is not None:
@@ -140,9 +140,19 @@ def looks_swapped(cord: np.ndarray, t2_block: np.ndarray, t1_block: np.ndarray) 
     return csf_evidence(cord, t2_block, t1_block)[1] > SWAP_MARGIN
 
 
-def check_order(t2: Volume, t1: Volume, cords: Sequence[np.ndarray], t2_block: np.ndarray, t1_block: np.ndarray) -> None:
-    """Refuse inputs whose contrasts look swapped around any of ``cords`` (found on either scan)."""
-    if any(looks_swapped(cord, t2_block, t1_block) for cord in cords):
+def check_order(t2: Volume, t1: Volume, cord: np.ndarray | None, other: np.ndarray | None,
+                t2_block: np.ndarray, t1_block: np.ndarray) -> None:
+    """Refuse inputs whose contrasts look swapped: around the T2w's ``cord``, or around the cord
+    found on the T1w (``other``) when the localizer finds more of it there than on the T2w.
+
+    The second condition matters: on the T1w the localizer may pick up a lesion instead of the
+    cord, and a cavity (bright on T2w, dark on T1w inside the cord) looks "swapped" by the same
+    measure; a cord the localizer finds mostly on the T1w is the sign of a real swap.
+    """
+    suspects = [cord] if cord is not None else []
+    if other is not None and (cord is None or other.sum() > cord.sum()):
+        suspects.append(other)
+    if any(looks_swapped(mask, t2_block, t1_block) for mask in suspects):
         raise DeepsegError(
             f"the inputs look swapped: the T2w {t2.name} looks like a T1w and the T1w {t1.name} like a T2w "
             "(the CSF around the spinal cord is darker than the cord on the first, brighter on the second): "

@@ -209,6 +209,37 @@ def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
     assert not looks_swapped(np.ones(shape, bool), t1, t2)  # no shell around the cord: no verdict
 
 
+def _cord_with_cavity(shape=(40, 30, 20)):
+    """A cord in CSF with a cavity inside: (cord mask, cavity mask, T2w block, T1w block)."""
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    radius = np.hypot(jj - 15, kk - 10)
+    cord, csf = radius <= 4, (radius > 4) & (radius <= 7)
+    cavity = (radius <= 2) & (ii > 10) & (ii < 30)
+    t2, t1 = np.full(shape, 200.0, np.float32), np.full(shape, 200.0, np.float32)
+    t2[cord], t2[csf], t2[cavity] = 300, 800, 900
+    t1[cord], t1[csf], t1[cavity] = 300, 50, 40
+    return cord, cavity, t2, t1
+
+
+def test_a_cavity_found_on_the_t1w_does_not_make_a_correct_pair_look_swapped():
+    """Phantom 200032 (generator 2.0, test split) was refused as swapped: the localizer found its
+    cavity on the T1w, and a cavity is brighter than its shell on T2w and darker on T1w."""
+    from deepseg_imsct.io import as_volume
+    from deepseg_imsct.localize import check_order, looks_swapped
+
+    cord, cavity, t2, t1 = _cord_with_cavity()
+    assert looks_swapped(cavity, t2, t1)  # the measure alone cannot tell a cavity from a swap
+    t2v, t1v = (as_volume(nib.Nifti1Image(a, np.eye(4)), r) for a, r in ((t2, "T2w"), (t1, "T1w")))
+    check_order(t2v, t1v, cord, cavity, t2, t1)  # the T2w's cord is larger: accepted
+    check_order(t2v, t1v, cord, None, t2, t1)
+    with pytest.raises(DeepsegError, match="look swapped"):  # no cord on the T2w: the T1w's decides
+        check_order(t2v, t1v, None, cavity, t2, t1)
+    with pytest.raises(DeepsegError, match="look swapped"):  # really swapped: the 'T2w' is the T1w
+        check_order(t1v, t2v, cavity, cord, t1, t2)
+    with pytest.raises(DeepsegError, match="look swapped"):
+        check_order(t1v, t2v, None, cord, t1, t2)
+
+
 @pytest.mark.parametrize("degrees", [12.0, -20.0])
 def test_oblique_acquisitions_keep_the_tumor_where_it_is(predictor, degrees):
     """A T2w/T1w pair acquired obliquely (rotated about R-L and A-P) on the same anatomy."""
