@@ -7,7 +7,7 @@ voxels with the native voxel volume, so results do not depend on the voxel size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -77,28 +77,33 @@ def postprocess(prob: np.ndarray, post: ClassPost, voxel_volume_mm3: float) -> n
     return mask.astype(np.uint8)
 
 
+def assign_exclusive(probs: Sequence[np.ndarray], thresholds: Sequence[float], region: np.ndarray) -> list[np.ndarray]:
+    """Split ``region`` (bool) among exclusive classes: each voxel goes to the class whose
+    probability, divided by the class's threshold, is highest (with equal thresholds: the most
+    probable class). A class's threshold thus weighs it against the others: lower, the class
+    takes more of the lesion; it never adds voxels outside ``region``. Returns one bool mask per
+    class, disjoint, whose union is ``region``."""
+    score = np.stack([p / max(float(t), 1e-6) for p, t in zip(probs, thresholds)])
+    best = np.argmax(score, axis=0)
+    return [region & (best == k) for k in range(len(probs))]
+
+
 def postprocess_exclusive(probs: Mapping[str, np.ndarray], config: Mapping[str, ClassPost], union: str,
                           voxel_volume_mm3: float) -> dict[str, np.ndarray]:
     """Masks (uint8) of a model with exclusive classes, whose ``union`` map is 1 - p(background).
 
     1. The union: binarized at its threshold, holes filled, components below its minimum volume
        removed (as :func:`postprocess`): where the lesion is.
-    2. Each of its voxels goes to its most probable other class, if that probability reaches the
-       class's threshold.
-    3. Per class: holes filled with union voxels no class took (when ``fill_holes``), then
-       components below the class's minimum volume removed.
+    2. Its voxels split among the other classes (:func:`assign_exclusive`; their thresholds weigh
+       them against each other: a softmax spreads an uncertain voxel over several classes, so a
+       class probability need not reach 0.5 where the union is sure).
+    3. Per class: components below the class's minimum volume removed.
     4. The union is rewritten as the union of the final class masks: exactly their union.
     """
     others = [c for c in probs if c != union]
     region = postprocess(probs[union], config[union], voxel_volume_mm3).astype(bool)
-    best = np.argmax(np.stack([probs[c] for c in others]), axis=0)
-    masks = {c: region & (best == k) & binarize(probs[c], config[c].threshold) for k, c in enumerate(others)}
-    free = region & ~np.logical_or.reduce(list(masks.values()))
-    for c in others:
-        if config[c].fill_holes:
-            masks[c] = masks[c] | (fill_holes(masks[c]) & free)
-            free &= ~masks[c]
-        masks[c] = remove_small(masks[c], config[c].min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3)
+    split = assign_exclusive([probs[c] for c in others], [config[c].threshold for c in others], region)
+    masks = {c: remove_small(m, config[c].min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3) for c, m in zip(others, split)}
     out = {c: m.astype(np.uint8) for c, m in masks.items()}
     out[union] = np.logical_or.reduce(list(masks.values())).astype(np.uint8)
     return out

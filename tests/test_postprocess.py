@@ -157,18 +157,30 @@ def _exclusive_probs() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("fill", [True, False])
 def test_exclusive_classes_split_the_union_and_the_union_is_exactly_theirs(fill):
     p = _exclusive_probs()
-    post = {"tumor": ClassPost(0.4, fill, 0.0), "edema": ClassPost(0.4, fill, 0.0),
-            "cavity": ClassPost(0.4, fill, 0.002), "whole-tumor": ClassPost(0.5, True, 0.0)}
+    post = {"tumor": ClassPost(0.5, fill, 0.0), "edema": ClassPost(0.5, fill, 0.0),
+            "cavity": ClassPost(0.5, fill, 0.002), "whole-tumor": ClassPost(0.5, True, 0.0)}
     m = {c: v.astype(bool) for c, v in postprocess_exclusive(p, post, "whole-tumor", 1.0).items()}
     expect_tumor = np.zeros((20, 20, 20), bool)
-    expect_tumor[5:15, 5:15, 5:10] = True
-    if not fill:
-        expect_tumor[9, 9, 7] = False  # enclosed, most probable tumor, but under the tumor threshold
+    expect_tumor[5:15, 5:15, 5:10] = True  # (9, 9, 7) too: most probable tumor though under 0.5
     assert np.array_equal(m["tumor"], expect_tumor)
     assert m["edema"].sum() == 500 and m["edema"][5:15, 5:15, 10:15].all()
     assert not m["cavity"].any()  # 1 mm3 < 2 mm3: removed, from the union too
     assert np.array_equal(m["whole-tumor"], m["tumor"] | m["edema"] | m["cavity"])
     assert (m["tumor"].astype(int) + m["edema"] + m["cavity"]).max() == 1
+
+
+def test_exclusive_split_of_an_uncertain_lesion_no_class_reaches_its_threshold():
+    """A softmax unsure between classes: p(whole) 0.9 spread as tumor 0.35, edema 0.3, cavity 0.25.
+    Every voxel of the union still goes to a class (the most probable), none is dropped; a class's
+    threshold weighs it: edema at 0.25 beats tumor at 0.5 (0.3/0.25 > 0.35/0.5)."""
+    shape = (8, 8, 8)
+    p = {"tumor": np.full(shape, 0.35, np.float32), "edema": np.full(shape, 0.3, np.float32),
+         "cavity": np.full(shape, 0.25, np.float32), "whole-tumor": np.full(shape, 0.9, np.float32)}
+    post = {c: ClassPost(0.5, True, 0.0) for c in p}
+    m = postprocess_exclusive(p, post, "whole-tumor", 1.0)
+    assert m["tumor"].all() and not m["edema"].any() and m["whole-tumor"].all()
+    m = postprocess_exclusive(p, post | {"edema": ClassPost(0.25, True, 0.0)}, "whole-tumor", 1.0)
+    assert m["edema"].all() and not m["tumor"].any() and m["whole-tumor"].all()
 
 
 def test_exclusive_union_threshold_and_minimum_volume_decide_where_the_lesion_is():

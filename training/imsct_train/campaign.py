@@ -83,12 +83,12 @@ def build_model(cfg: dict[str, Any]) -> Modified3DUNet:
 
 # ----------------------------------------------------------------------------- validation
 def exclusive_masks(prob: np.ndarray, whole_threshold: float = 0.5) -> np.ndarray:
-    """(4, ...) bool tumor, edema, cavity, whole from the runtime probabilities (4, ...):
-    whole = p(whole) >= threshold; inside it, the lesion class of highest probability; whole is
-    then exactly the union of the three."""
-    whole = prob[3] >= whole_threshold
-    best = np.argmax(prob[:3], axis=0)
-    masks = np.stack([whole & (best == k) for k in range(3)])
+    """(4, ...) bool tumor, edema, cavity, whole from the runtime probabilities (4, ...): whole =
+    p(whole) >= threshold, split by the runtime's rule (:func:`deepseg_imsct.postprocess.assign_exclusive`,
+    equal thresholds: the most probable lesion class); whole is then exactly the union of the three."""
+    from deepseg_imsct.postprocess import assign_exclusive
+
+    masks = np.stack(assign_exclusive(list(prob[:3]), (1.0, 1.0, 1.0), prob[3] >= whole_threshold))
     return np.concatenate([masks, masks.any(0, keepdims=True)])
 
 
