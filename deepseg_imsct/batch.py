@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,17 +66,19 @@ class BatchResult:
 # ----------------------------------------------------------------------------- one subject, in a worker
 
 _PREDICTORS: dict[ModelSetup, Any] = {}  # per process: the models of each setup, loaded once
+_PREDICTORS_LOCK = threading.Lock()  # a Dask worker runs tasks in threads
 
 
 def predictor_for(setup: ModelSetup):
     """This process's :class:`pipeline.Predictor` for ``setup``, built on first use."""
-    if setup not in _PREDICTORS:
-        from .pipeline import Predictor
-        from .registry import load_registry
+    with _PREDICTORS_LOCK:
+        if setup not in _PREDICTORS:
+            from .pipeline import Predictor
+            from .registry import load_registry
 
-        _PREDICTORS[setup] = Predictor(setup.task, versions=dict(setup.versions), runtime=RuntimeOptions(threads=setup.threads),
-                                       registry=load_registry(setup.registry), offline=setup.offline)
-    return _PREDICTORS[setup]
+            _PREDICTORS[setup] = Predictor(setup.task, versions=dict(setup.versions), runtime=RuntimeOptions(threads=setup.threads),
+                                           registry=load_registry(setup.registry), offline=setup.offline)
+        return _PREDICTORS[setup]
 
 
 def run_job(setup: ModelSetup, job: Job) -> Outcome:
@@ -118,7 +121,9 @@ def after_subject(job: Job, paths: Mapping[str, Path]) -> None:
 def shard(items: Sequence, num_parts: int, part_id: int) -> list:
     """Part ``part_id`` (0-based) of ``num_parts``: every ``num_parts``-th item of the sorted
     list, from ``part_id``. Deterministic; the parts are disjoint and cover every item."""
-    if num_parts < 1 or not 0 <= part_id < num_parts:
+    if num_parts < 1:
+        raise DeepsegError(f"--num-parts {num_parts}: give 1 or more parts")
+    if not 0 <= part_id < num_parts:
         raise DeepsegError(f"--part-id {part_id} is not in [0, {num_parts - 1}] for --num-parts {num_parts}: "
                            "give 0 <= part id < number of parts (a job array's index, from 0)")
     return list(items)[part_id::num_parts]
@@ -209,6 +214,7 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
     status_file = status_path(out, options)
     with StatusWriter(status_file) as status:
         for problem in (e for e in entries if isinstance(e, Problem)):
+            log.warning("%s not run: %s", problem.key, problem.reason)
             status.add(Outcome(problem.subject, problem.session, Status.MISSING, error=problem.reason))
         jobs = []
         for subject in (e for e in entries if isinstance(e, Subject)):
@@ -269,7 +275,8 @@ def run_in_processes(setup: ModelSetup, jobs: Sequence[Job], workers: int, done:
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX Runtime threads
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(setup,)) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(setup,))
+    try:
         futures = {pool.submit(run_job, setup, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
@@ -279,3 +286,5 @@ def run_in_processes(setup: ModelSetup, jobs: Sequence[Job], workers: int, done:
                 outcome = Outcome(job.subject.subject, job.subject.session, Status.FAILED,
                                   error=f"a worker process died ({exc or 'killed'}): run the batch again to retry it")
             done(outcome)
+    finally:  # on Ctrl-C, no subject starts any more
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -18,7 +18,7 @@ from .cli import _add_parameter, configure_logging, task_parameters, user_values
 from .console import exit_status, safe_streams, stop_signals_interrupt
 from .errors import DeepsegError
 from .outputs import DEFAULT_TASK
-from .params import ParamSpec, parameters
+from .params import ParamSpec, configure, parameters
 
 PROG = "imsct_batch"
 ERROR_PREFIX = f"{PROG}: error: "
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     seg_spec = reg.model(task.segmenter, dict(versions).get(task.segmenter))
     specs = [s for s in parameters(seg_spec.postprocessing) if s.name not in BATCH_ONLY]
     values = user_values(args, specs, seg_spec.classes)
+    configure(seg_spec, values, naming=lambda spec, _cls: spec.option)  # errors named by option, before any work
     options = BatchOptions(workers=args.workers, num_parts=args.num_parts, part_id=args.part_id, dask=args.dask,
                            progress=args.v > 0, command=args.command_line)
     result = run_batch(args.bids_root, args.out, values, patterns=Patterns(args.t2_pattern, args.t1_pattern), options=options,

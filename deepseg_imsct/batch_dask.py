@@ -42,14 +42,17 @@ def run_on_dask(address: str, setup: ModelSetup, jobs: Sequence[Job], done: Call
     with client:
         client.register_plugin(ModelPlugin(setup), name=PLUGIN_NAME)
         futures = {client.submit(run_job, setup, job, key=f"imsct-{job.subject.key}-{uuid.uuid4().hex[:12]}", pure=False): job for job in jobs}
-        for future in distributed.as_completed(futures):
-            job = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker after repeated deaths, a lost scheduler
-                outcome = Outcome(job.subject.subject, job.subject.session, Status.FAILED,
-                                  error=f"the Dask cluster could not run it ({type(exc).__name__}: {exc}): run the batch again to retry it")
-            done(outcome)
+        try:
+            for future in distributed.as_completed(futures):
+                job = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # noqa: BLE001 - KilledWorker after repeated deaths, a lost scheduler
+                    outcome = Outcome(job.subject.subject, job.subject.session, Status.FAILED,
+                                      error=f"the Dask cluster could not run it ({type(exc).__name__}: {exc}): run the batch again to retry it")
+                done(outcome)
+        finally:  # on Ctrl-C, no subject starts any more
+            client.cancel(list(futures))
 
 
 try:  # the plugin must be importable by name on the workers (pickled by reference)

@@ -242,11 +242,21 @@ def test_dask_gives_the_outputs_of_a_local_run_and_survives_a_killed_worker(data
     with distributed.Client(cluster) as client:  # the first worker to commit sub-02's outputs dies half-way
         client.run(kill_mid_commit, "sub-02", str(marker))
         result = run_batch(dataset, remote, options=BatchOptions(dask=cluster.scheduler_address, progress=False))
+        client.wait_for_workers(2, timeout=60)  # the killed one, restarted by its nanny
+        loaded = client.run(models_loaded)
+    assert sorted(loaded.values()) == [1, 1]  # one set of models per worker, the restarted one included
     assert marker.exists()  # a worker did die
     assert result.counts == {"done": 6, "skipped": 0, "failed": 0, "missing": 1}
     assert_same_images(local, remote)
     leftovers = [p for p in remote.rglob("*") if TEMP_NAME.match(p.name) or p.name == JOURNAL_NAME]
     assert leftovers == []
+
+
+def models_loaded() -> int:
+    """In a worker: how many sets of models this process holds."""
+    from deepseg_imsct import batch
+
+    return len(batch._PREDICTORS)
 
 
 def kill_mid_commit(subject: str, marker: str) -> None:
