@@ -51,7 +51,7 @@ def build_parser(specs: Sequence[ParamSpec] | None = None, classes: Sequence[str
     p.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes, each loading the models once (default 1)")
     p.add_argument("--num-parts", type=int, default=1, metavar="K", help="split the subjects into K parts (job arrays; default 1)")
     p.add_argument("--part-id", type=int, default=0, metavar="I", help="run part I of K, from 0 (e.g. $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--dask", metavar="ADDRESS", help="run on a dask.distributed cluster whose scheduler is at ADDRESS (tcp://host:8786)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a dask.distributed cluster whose scheduler is at ADDRESS (tcp://host:8786, or a scheduler file .json)")
     p.add_argument("--t2-pattern", default=T2W_PATTERN, metavar="REGEX", help=f"T2w file names (regex searched in the name; default {T2W_PATTERN})")
     p.add_argument("--t1-pattern", default=T1W_PATTERN, metavar="REGEX", help="gadolinium T1w file names (default: _ce-<gd, gadolinium, ...>_..._T1w.nii[.gz])")
     for spec in specs:

@@ -32,11 +32,13 @@ def _distributed():
 
 
 def run_on_dask(address: str, setup: ModelSetup, jobs: Sequence[Job], done: Callable[[Outcome], None]) -> None:
-    """Run ``jobs`` on the cluster whose scheduler is at ``address``; ``done`` gets each outcome."""
+    """Run ``jobs`` on the cluster whose scheduler is at ``address`` (``tcp://host:8786``, or a
+    scheduler file ``*.json`` as ``dask scheduler --scheduler-file`` writes); ``done`` gets each outcome."""
     distributed = _distributed()
+    where = {"scheduler_file": address} if address.endswith(".json") else {"address": address}
     try:
-        client = distributed.Client(address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
+        client = distributed.Client(**where, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as exc:
         raise DeepsegError(f"cannot reach the Dask scheduler at {address} ({exc}): start it (dask scheduler, or dask-jobqueue) "
                            "and give its address, e.g. tcp://host:8786") from None
     with client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -88,10 +89,16 @@ def collect_statistics(out: Path, subjects: Iterable[Subject]) -> Path | None:
         return None
     columns = list(dict.fromkeys(k for row in rows for k in row))
     target = out / STATS_TABLE
-    tmp = target.with_name(f".{STATS_TABLE}.{os.getpid()}.part")
-    tmp.write_text("\t".join(columns) + "\n" + "".join("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n" for r in rows),
-                   encoding="utf-8")
-    os.replace(tmp, target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{STATS_TABLE}.", suffix=".part", dir=out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\t".join(columns) + "\n")
+            fh.writelines("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n" for r in rows)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return target
 
 

@@ -244,6 +244,10 @@ def test_dask_gives_the_outputs_of_a_local_run_and_survives_a_killed_worker(data
         result = run_batch(dataset, remote, options=BatchOptions(dask=cluster.scheduler_address, progress=False))
         client.wait_for_workers(2, timeout=60)  # the killed one, restarted by its nanny
         loaded = client.run(models_loaded)
+        (remote / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.nii.gz").unlink()  # again, through a scheduler file
+        (tmp_path / "scheduler.json").write_text(json.dumps({"address": cluster.scheduler_address}))
+        again = run_batch(dataset, remote, options=BatchOptions(dask=str(tmp_path / "scheduler.json"), progress=False))
+    assert again.counts == {"done": 1, "skipped": 5, "failed": 0, "missing": 1}
     assert sorted(loaded.values()) == [1, 1]  # one set of models per worker, the restarted one included
     assert marker.exists()  # a worker did die
     assert result.counts == {"done": 6, "skipped": 0, "failed": 0, "missing": 1}
