@@ -226,11 +226,9 @@ def test_command_errors_are_one_line(dataset, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Dask
 
-distributed = pytest.importorskip("distributed")
-
-
 @pytest.fixture
 def cluster():
+    distributed = pytest.importorskip("distributed")  # the test extra installs it; the other tests run without it
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
         yield c
 
@@ -239,7 +237,9 @@ def test_dask_gives_the_outputs_of_a_local_run_and_survives_a_killed_worker(data
     local, remote = tmp_path / "local", tmp_path / "remote"
     run_batch(dataset, local, options=BatchOptions(progress=False))
     marker = tmp_path / "killed"
-    with distributed.Client(cluster) as client:  # the first worker to commit sub-02's outputs dies half-way
+    from distributed import Client
+
+    with Client(cluster) as client:  # the first worker to commit sub-02's outputs dies half-way
         client.run(kill_mid_commit, "sub-02", str(marker))
         result = run_batch(dataset, remote, options=BatchOptions(dask=cluster.scheduler_address, progress=False))
         client.wait_for_workers(2, timeout=60)  # the killed one, restarted by its nanny
