@@ -204,6 +204,8 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
     ``out``. ``values``: parameters named as in :func:`params.parameters` (``threshold``,
     ``min_volume_cm3``, ``qc``, ``threads``...; ``out_dir`` is ``out``). Returns every outcome."""
     root, out = Path(root), Path(out)
+    if options.dask and options.workers > 1:
+        raise DeepsegError(f"--workers {options.workers} and --dask: choose one (on a Dask cluster, its workers run the subjects)")
     setup = setup or ModelSetup()
     settings, models = _settings(setup, values or {})
     threads = settings.runtime.threads or (1 if options.dask else default_threads(options.workers))
@@ -258,33 +260,9 @@ def execute(setup: ModelSetup, jobs: Sequence[Job], options: BatchOptions, done:
 
             run_on_dask(options.dask, setup, jobs, report)
         elif options.workers > 1:
+            from .batch_local import run_in_processes
+
             run_in_processes(setup, jobs, options.workers, report)
         else:
             for job in jobs:
                 report(run_job(setup, job))
-
-
-def _init_worker(setup: ModelSetup) -> None:
-    predictor_for(setup)
-
-
-def run_in_processes(setup: ModelSetup, jobs: Sequence[Job], workers: int, done: Callable[[Outcome], None]) -> None:
-    """``workers`` spawned processes, each loading the models once (at start-up)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX Runtime threads
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(setup,))
-    try:
-        futures = {pool.submit(run_job, setup, job): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                outcome = future.result()
-            except BrokenProcessPool as exc:
-                outcome = Outcome(job.subject.subject, job.subject.session, Status.FAILED,
-                                  error=f"a worker process died ({exc or 'killed'}): run the batch again to retry it")
-            done(outcome)
-    finally:  # on Ctrl-C, no subject starts any more
-        pool.shutdown(wait=True, cancel_futures=True)

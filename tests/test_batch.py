@@ -202,6 +202,32 @@ def test_local_workers_give_the_same_outputs(dataset, tmp_path):
     assert json.loads((two / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.json").read_text())["Runtime"]["threads"] >= 1
 
 
+def crashing_run_job(setup, job):
+    """In a worker process: sub-01 kills its process every time, sub-02 the first time only."""
+    from deepseg_imsct.batch import run_job
+
+    marker = job.out_dir.parent / "crashed"
+    if job.subject.subject == "sub-01" or (job.subject.subject == "sub-02" and not marker.exists()):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(9)
+    return run_job(setup, job)
+
+
+def test_a_subject_that_kills_its_worker_process_is_the_one_reported(dataset, tmp_path, monkeypatch):
+    from deepseg_imsct import batch
+
+    monkeypatch.setattr(batch, "run_job", crashing_run_job)
+    out = tmp_path / "deriv"
+    result = run_batch(dataset, out, options=BatchOptions(workers=2, progress=False))
+    status = {o.subject + (f"/{o.session}" if o.session else ""): o for o in result.outcomes}
+    assert status["sub-01"].status.value == "failed" and status["sub-01"].error.startswith("its worker process died 2 times while running it alone")
+    assert {k for k, o in status.items() if o.status.value == "done"} == {
+        "sub-00", "sub-02", "sub-03", "sub-ses/ses-pre", "sub-ses/ses-post"}
+    assert (out / "sub-02" / "crashed").exists()  # it did die once, and was run again
+    assert not list((out / "sub-01" / "anat").glob("*.nii.gz"))
+
+
 def test_cohort_statistics_are_collected(dataset, tmp_path):
     out = tmp_path / "deriv"
     run_batch(dataset, out, options=BatchOptions(progress=False))

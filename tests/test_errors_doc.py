@@ -581,6 +581,23 @@ def _interrupted(env: Env) -> list[str]:
     return batch(env, bids(env), "-o", env.base / "d", code=130)
 
 
+def crash_once(setup, job):
+    """In a worker process (which imports the real run_job): die the first time, then run the subject."""
+    from deepseg_imsct.batch import run_job
+
+    marker = job.out_dir.parent / "crashed"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(9)
+    return run_job(setup, job)
+
+
+def _worker_dies(env: Env) -> list[str]:
+    env.mp.setattr(batch_module, "run_job", crash_once)
+    return batch(env, bids(env), "-o", env.base / "d", "--workers", "2", code=0)
+
+
 TRIGGERS["BIDS dataset not found"] = lambda env: batch(env, env.base / "nope", "-o", env.base / "d")
 TRIGGERS["BIDS dataset is a file"] = lambda env: batch(env, env.case()[0], "-o", env.base / "d")
 TRIGGERS["No subjects in the dataset"] = lambda env: batch(env, env.base, "-o", env.base / "d")
@@ -590,6 +607,8 @@ TRIGGERS["Number of parts below 1"] = lambda env: batch(env, bids(env), "-o", en
 TRIGGERS["Part id outside the parts"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--num-parts", "4", "--part-id", "4")
 TRIGGERS["No worker"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--workers", "0")
 TRIGGERS["Derivatives folder of another pipeline"] = _foreign
+TRIGGERS["Local workers and Dask together"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--workers", "2", "--dask", "tcp://x:1")
+TRIGGERS["A worker process died"] = _worker_dies
 TRIGGERS["Derivatives folder cannot be created"] = lambda env: _in_the_way(env, "")
 TRIGGERS["Status table cannot be written"] = lambda env: _in_the_way(env, "status.tsv")
 TRIGGERS["Dask not installed"] = _no_dask
