@@ -199,7 +199,8 @@ def test_local_workers_give_the_same_outputs(dataset, tmp_path):
     result = run_batch(dataset, two, options=BatchOptions(workers=2, progress=False))
     assert result.counts == {"done": 6, "skipped": 0, "failed": 0, "missing": 1}
     assert_same_images(one, two)
-    assert json.loads((two / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.json").read_text())["Runtime"]["threads"] >= 1
+    cores = len(os.sched_getaffinity(0))  # workers x threads = cores
+    assert runtime_threads(one) == cores and runtime_threads(two) == max(1, cores // 2)
 
 
 def crashing_run_job(setup, job):
@@ -226,6 +227,10 @@ def test_a_subject_that_kills_its_worker_process_is_the_one_reported(dataset, tm
         "sub-00", "sub-02", "sub-03", "sub-ses/ses-pre", "sub-ses/ses-post"}
     assert (out / "sub-02" / "crashed").exists()  # it did die once, and was run again
     assert not list((out / "sub-01" / "anat").glob("*.nii.gz"))
+
+
+def runtime_threads(out: Path) -> int:
+    return json.loads((out / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.json").read_text())["Runtime"]["threads"]
 
 
 def test_cohort_statistics_are_collected(dataset, tmp_path):
@@ -278,6 +283,7 @@ def test_dask_gives_the_outputs_of_a_local_run_and_survives_a_killed_worker(data
     assert marker.exists()  # a worker did die
     assert result.counts == {"done": 6, "skipped": 0, "failed": 0, "missing": 1}
     assert_same_images(local, remote)
+    assert runtime_threads(remote) == 1  # a Dask worker runs one subject per thread
     leftovers = [p for p in remote.rglob("*") if TEMP_NAME.match(p.name) or p.name == JOURNAL_NAME]
     assert leftovers == []
 
