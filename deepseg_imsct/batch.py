@@ -4,7 +4,7 @@
 (:func:`shard`) -> skip subjects whose outputs are up to date (:func:`up_to_date`) -> run the
 others (one process, ``workers`` processes, or a Dask cluster: :mod:`batch_dask`), each worker
 process loading the models once (:func:`predictor_for`) -> one status row per subject
-(:data:`STATUS_COLUMNS`) -> the cohort's statistics table (:func:`collect_statistics`).
+(:data:`batch_tables.STATUS_COLUMNS`) -> the cohort's statistics table (:func:`collect_statistics`).
 A failed subject is reported with its one-line error; the others go on.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from .errors import DeepsegError
 from .inference import RuntimeOptions
 from .outputs import DEFAULT_TASK, JOURNAL_NAME, TOOL_NAME, output_keys, output_paths, sidecar_path
 from .postprocess import PostprocessConfig
+from .registry import ENV_REGISTRY
 from .transaction import sha256_file
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -129,18 +129,6 @@ def shard(items: Sequence, num_parts: int, part_id: int) -> list:
     return list(items)[part_id::num_parts]
 
 
-def expected_models(setup: ModelSetup) -> dict:
-    """{model name: {version, sha256}} as a sidecar records them, read from the registry (no model loaded)."""
-    from .registry import load_registry
-
-    reg = load_registry(setup.registry)
-    task = reg.task(setup.task)
-    versions = dict(setup.versions)
-    specs = [reg.model(m, versions.get(m)) for m in (task.localizer, task.segmenter)]
-    return {"task": task.name, "classes": specs[1].classes,
-            "models": {s.name: {"version": s.version, "sha256": s.sha256} for s in specs}}
-
-
 def up_to_date(job: Job, models: Mapping[str, Any]) -> bool:
     """Whether every output of ``job`` is there, unchanged, written by this tool from this
     subject's T2w and T1w with the same task, models (version and sha256) and post-processing."""
@@ -209,7 +197,7 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
     setup = setup or ModelSetup()
     settings, models = _settings(setup, values or {})
     threads = settings.runtime.threads or (1 if options.dask else default_threads(options.workers))
-    setup = replace(setup, threads=threads, registry=setup.registry or os.environ.get("DEEPSEG_IMSCT_REGISTRY") or None)
+    setup = replace(setup, threads=threads, registry=setup.registry or os.environ.get(ENV_REGISTRY) or None)
     found = discover(root, patterns)
     entries = shard([*found.subjects, *found.problems], options.num_parts, options.part_id)
     write_description(out, root)
@@ -232,16 +220,22 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
     return BatchResult(status.outcomes, status_file, stats, {s.value: status.count(s) for s in Status})
 
 
-def _settings(setup: ModelSetup, values: Mapping[str, Any]):
+def _settings(setup: ModelSetup, values: Mapping[str, Any]) -> tuple[Any, dict]:
+    """The run's :class:`params.Settings` from ``values``, and what the sidecars of up-to-date
+    outputs record about the models: {task, classes, models: {name: {version, sha256}}} (read from
+    the registry; no model is loaded)."""
     from .params import configure
     from .registry import load_registry
 
     if values.get("out_dir") is not None:
         raise DeepsegError("out_dir is the batch's derivatives folder: give it as the output folder (-o), not as a parameter")
-    models = expected_models(setup)
     reg = load_registry(setup.registry)
-    spec = reg.model(reg.task(setup.task).segmenter, dict(setup.versions).get(reg.task(setup.task).segmenter))
-    return configure(spec, values), models
+    task = reg.task(setup.task)
+    versions = dict(setup.versions)
+    localizer, segmenter = (reg.model(m, versions.get(m)) for m in (task.localizer, task.segmenter))
+    models = {"task": task.name, "classes": segmenter.classes,
+              "models": {s.name: {"version": s.version, "sha256": s.sha256} for s in (localizer, segmenter)}}
+    return configure(segmenter, values), models
 
 
 def execute(setup: ModelSetup, jobs: Sequence[Job], options: BatchOptions, done: Callable[[Outcome], None]) -> None:
