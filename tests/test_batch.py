@@ -229,6 +229,37 @@ def test_a_subject_that_kills_its_worker_process_is_the_one_reported(dataset, tm
     assert not list((out / "sub-01" / "anat").glob("*.nii.gz"))
 
 
+def slow_run_job(setup, job):
+    """In a worker process: a subject that takes over a second."""
+    import time
+
+    from deepseg_imsct.batch import run_job
+
+    time.sleep(1.0)
+    return run_job(setup, job)
+
+
+def test_ctrl_c_starts_no_more_subjects(dataset, tmp_path, registry, monkeypatch):
+    from deepseg_imsct import batch
+    from deepseg_imsct.params import configure
+    from deepseg_imsct.registry import load_registry
+
+    seen = []
+
+    def interrupt(outcome):
+        seen.append(outcome)
+        raise KeyboardInterrupt
+    out = tmp_path / "deriv"
+    post = configure(load_registry().model("seg"), {}).post
+    jobs = [batch.Job(s, s.anat(out), post) for s in discover(dataset).subjects]
+    monkeypatch.setattr(batch, "run_job", slow_run_job)
+    with pytest.raises(KeyboardInterrupt):
+        batch.execute(batch.ModelSetup(threads=1, registry=str(registry)), jobs, BatchOptions(workers=2, progress=False), interrupt)
+    written = {p.name for p in out.rglob("*_seg-tumor.nii.gz")}
+    assert len(seen) == 1 and 1 <= len(written) < len(jobs) == 6  # the queued subjects never started
+    assert not [p for p in out.rglob("*") if TEMP_NAME.match(p.name) or p.name == JOURNAL_NAME]
+
+
 def runtime_threads(out: Path) -> int:
     return json.loads((out / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.json").read_text())["Runtime"]["threads"]
 
