@@ -33,7 +33,9 @@ from http_server import FlakyServer, free_port, html_page, send_bytes, stall, st
 from onnx_models import write_registry
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cli, download, fetch, io, limits, registry, transaction
+from deepseg_imsct import batch as batch_module
+from deepseg_imsct import batch_cli, cli, download, fetch, io, limits, registry, transaction
+from deepseg_imsct.batch import run_batch
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.pipeline import Predictor, segment_files
 from deepseg_imsct.task import TUMOR_EDEMA_CAVITY
@@ -504,6 +506,118 @@ TRIGGERS["Task.run inputs malformed"] = lambda env: api_error(lambda: TUMOR_EDEM
 TRIGGERS["Parameters not a mapping"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run(dict(zip(("t2", "t1"), _api_case(env))), ["soft"]))
 TRIGGERS["Unknown task"] = lambda env: env.cli("no_such_task", "-i", "a.nii", "b.nii")
 TRIGGERS["Unknown model version"] = lambda env: with_case(env, "-segmenter-version", "9.9")
+
+
+# cohorts (imsct_batch)
+
+def bids(env: Env, *sessions: str) -> Path:
+    """A BIDS dataset with sub-01 (T2w and gadolinium T1w); returns its root."""
+    t2, t1, _ = synthetic.case()
+    for stem, anat in (("sub-01", "sub-01/anat"),) if not sessions else ((f"sub-01_{s}", f"sub-01/{s}/anat") for s in sessions):
+        env.save(t2, f"bids/{anat}/{stem}_T2w.nii.gz")
+        env.save(t1, f"bids/{anat}/{stem}_ce-gadolinium_T1w.nii.gz")
+    return env.base / "bids"
+
+
+def batch(env: Env, *argv, code: int = 2) -> list[str]:
+    """Run imsct_batch in this process: its stderr lines (the exit status must be ``code``)."""
+    env.capsys.readouterr()
+    assert batch_cli.main([str(a) for a in argv] + ["-v", "0"]) == code
+    return env.capsys.readouterr().err.splitlines()
+
+
+def _unlistable(env: Env) -> list[str]:
+    root = bids(env)
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "sub-01":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    env.mp.setattr(Path, "iterdir", iterdir)
+    return batch(env, root, "-o", env.base / "d")
+
+
+def _foreign(env: Env) -> list[str]:
+    out = env.base / "derivatives" / "other"
+    out.mkdir(parents=True)
+    (out / "dataset_description.json").write_text(json.dumps({"Name": "x", "GeneratedBy": [{"Name": "fmriprep"}]}))
+    return batch(env, bids(env), "-o", out)
+
+
+def _in_the_way(env: Env, name: str) -> list[str]:
+    (env.base / "d" / name).mkdir(parents=True) if name else (env.base / "d").write_text("x")
+    return batch(env, bids(env), "-o", env.base / "d")
+
+
+def _no_dask(env: Env) -> list[str]:
+    env.mp.setitem(sys.modules, "distributed", None)
+    return batch(env, bids(env), "-o", env.base / "d", "--dask", "tcp://127.0.0.1:1")
+
+
+def _no_scheduler(env: Env) -> list[str]:
+    pytest.importorskip("distributed")
+    from deepseg_imsct import batch_dask
+    env.mp.setattr(batch_dask, "CONNECT_TIMEOUT_S", 1)
+    return batch(env, bids(env), "-o", env.base / "d", "--dask", f"tcp://127.0.0.1:{free_port()}")
+
+
+def _subject_fails(env: Env) -> list[str]:
+    root = bids(env)
+    (root / "sub-01" / "anat" / "sub-01_T2w.nii.gz").write_bytes(b"")
+    return batch(env, root, "-o", env.base / "d", code=1)
+
+
+def _lacks(env: Env, t2_pattern: str = r"_T2w\.nii(\.gz)?$") -> list[str]:
+    root = bids(env, "ses-1")
+    env.save(synthetic.case()[0], "bids/sub-01/ses-1/anat/sub-01_ses-1_run-2_T2w.nii.gz")
+    (root / "sub-02" / "anat").mkdir(parents=True)
+    env.save(synthetic.case()[0], "bids/sub-02/anat/sub-02_T2w.nii.gz")
+    return batch(env, root, "-o", env.base / "d", "--t2-pattern", t2_pattern, code=0)
+
+
+def _interrupted(env: Env) -> list[str]:
+    env.mp.setattr(batch_module, "discover", _raise(KeyboardInterrupt()))
+    return batch(env, bids(env), "-o", env.base / "d", code=130)
+
+
+def crash_once(setup, job):
+    """In a worker process (which imports the real run_job): die the first time, then run the subject."""
+    from deepseg_imsct.batch import run_job
+
+    marker = job.out_dir.parent / "crashed"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(9)
+    return run_job(setup, job)
+
+
+def _worker_dies(env: Env) -> list[str]:
+    env.mp.setattr(batch_module, "run_job", crash_once)
+    return batch(env, bids(env), "-o", env.base / "d", "--workers", "2", code=0)
+
+
+TRIGGERS["BIDS dataset not found"] = lambda env: batch(env, env.base / "nope", "-o", env.base / "d")
+TRIGGERS["BIDS dataset is a file"] = lambda env: batch(env, env.case()[0], "-o", env.base / "d")
+TRIGGERS["No subjects in the dataset"] = lambda env: batch(env, env.base, "-o", env.base / "d")
+TRIGGERS["A dataset folder cannot be listed"] = _unlistable
+TRIGGERS["File name pattern not a regular expression"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--t2-pattern", "([")
+TRIGGERS["Number of parts below 1"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--num-parts", "0")
+TRIGGERS["Part id outside the parts"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--num-parts", "4", "--part-id", "4")
+TRIGGERS["No worker"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--workers", "0")
+TRIGGERS["Derivatives folder of another pipeline"] = _foreign
+TRIGGERS["Local workers and Dask together"] = lambda env: batch(env, bids(env), "-o", env.base / "d", "--workers", "2", "--dask", "tcp://x:1")
+TRIGGERS["A worker process died"] = _worker_dies
+TRIGGERS["Derivatives folder cannot be created"] = lambda env: _in_the_way(env, "")
+TRIGGERS["Status table cannot be written"] = lambda env: _in_the_way(env, "status.tsv")
+TRIGGERS["Dask not installed"] = _no_dask
+TRIGGERS["Dask scheduler unreachable"] = _no_scheduler
+TRIGGERS["A subject failed"] = _subject_fails
+TRIGGERS["A subject lacks a contrast"] = _lacks
+TRIGGERS["Several candidate scans"] = _lacks
+TRIGGERS["Output folder given as a parameter (Python API)"] = lambda env: api_error(lambda: run_batch(bids(env), env.base / "d", {"out_dir": "x"}))
+TRIGGERS["Ctrl-C or SIGTERM during a batch"] = _interrupted
 
 
 # models and downloads
