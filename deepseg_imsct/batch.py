@@ -86,7 +86,6 @@ def run_job(setup: ModelSetup, job: Job) -> Outcome:
     t0 = time.perf_counter()
     subject = job.subject
     try:
-        recover(job.out_dir)
         paths = predictor_for(setup).run_files(subject.t2, subject.t1, job.out_dir, job.post, job.qc, job.command, job.overwrite)
         after_subject(job, paths)
     except DeepsegError as exc:
@@ -96,16 +95,6 @@ def run_job(setup: ModelSetup, job: Job) -> Outcome:
         return Outcome(subject.subject, subject.session, Status.FAILED, time.perf_counter() - t0,
                        f"{type(exc).__name__}: {exc}".replace("\n", " "))
     return Outcome(subject.subject, subject.session, Status.DONE, time.perf_counter() - t0)
-
-
-def recover(folder: Path) -> None:
-    """Put back (under the folder's lock) a set of outputs a killed writer left half-replaced, and
-    remove its temporary files, before this subject's outputs are checked and written."""
-    from .transaction import locked
-
-    if (folder / JOURNAL_NAME).exists():
-        with locked(folder):
-            pass
 
 
 def after_subject(job: Job, paths: Mapping[str, Path]) -> None:

@@ -35,6 +35,9 @@ def check_outputs(images: Iterable[Path], inputs: Mapping[str, Path | str], over
     images = list(images)
     for folder in sorted({p.parent for p in images}):
         limit = _check_folder(folder)
+        if os.path.lexists(folder / JOURNAL_NAME):  # a killed run's half-replaced set: put back before judging
+            with locked(folder):
+                pass
         for path in images:
             if path.parent == folder:
                 for target in (path, sidecar_path(path)):

@@ -183,6 +183,22 @@ def test_a_run_killed_between_renames_is_rolled_back_by_the_next_one(case):
     assert_complete_set(out)
 
 
+def test_a_first_run_killed_halfway_does_not_block_the_next_run(case):
+    """A fresh folder: the killed run's outputs in place have no sidecars yet; the next run rolls
+    them back before judging whose files are there, then writes its own set."""
+    t2, t1, out = case
+    out.mkdir()
+    child = slowed_child(out, "-i", t2, t1, "-o", out)
+    wait_for(out / "halfway", child)
+    child.send_signal(signal.SIGKILL)
+    child.wait(WAIT_S)
+    (out / "halfway").unlink()
+    assert (out / outputs.JOURNAL_NAME).exists()
+    assert subprocess.run(command("-i", t2, t1, "-o", out, "-v", "0"), timeout=WAIT_S).returncode == 0
+    assert not (out / outputs.JOURNAL_NAME).exists()
+    assert_complete_set(out)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_real_signal_during_the_write_is_handled_as_ctrl_c(case, signum):
     t2, t1, out = case
