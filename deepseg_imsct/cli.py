@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import Predictor
     from .transaction import check_outputs
 
-    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, settings.qc))
+    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, settings.qc, stats=not settings.post.soft))
     check_outputs(targets.values(), {"T2w": t2, "T1w": t1}, settings.overwrite)  # before the models load
 
     predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,

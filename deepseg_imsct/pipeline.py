@@ -27,12 +27,13 @@ from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
 from .localize import box_for_mask, localize, localizer_block, on_block
-from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
+from .outputs import CORD, CROPBOX, DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, reach_box
 from .segment import model_input, n_windows, sliding_window
+from .stats import case_stats, stats_row, tsv_text
 from .transaction import check_outputs
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Result:
 
     ``masks``: class -> uint8 mask (float32 probabilities when soft); ``cord``: the localizer's
     cord mask (uint8); ``box``: the segmenter's crop box as a uint8 mask; ``box_mm``: the
-    box's scanner-space corners; ``timings``: seconds per stage.
+    box's scanner-space corners; ``stats``: lesion statistics (:func:`stats.case_stats`; None
+    for soft outputs); ``warnings``: what the run warned about; ``timings``: seconds per stage.
     """
 
     masks: dict[str, nib.Nifti1Image]
@@ -55,6 +57,38 @@ class Result:
     box_mm: list[list[float]]
     cord_found: bool
     timings: dict[str, float] = field(default_factory=dict)
+    stats: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Written(dict):
+    """{output key: path} of :meth:`Predictor.run_files`, with the run's :class:`Result`
+    (``.result``) and its statistics (``.stats``, as written in ``<T2w name>_stats.json``)."""
+
+    def __init__(self, paths: Mapping[str, Path], result: Result):
+        super().__init__(paths)
+        self.result, self.stats = result, result.stats
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages of the package's warnings (Result.warnings)."""
+
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextmanager
+def _collect_warnings(into: list[str]) -> Iterator[None]:
+    handler, logger = _Collect(into), logging.getLogger("deepseg_imsct")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @contextmanager
@@ -124,6 +158,15 @@ def segment(
 ) -> Result:
     """Run the cascade on one case (see the module docstring for the stages)."""
     timings: dict[str, float] = {}
+    warned: list[str] = []
+    with _collect_warnings(warned):
+        result = _cascade(t2, t1, localizer, segmenter, post, progress, timings)
+    result.warnings = warned
+    return result
+
+
+def _cascade(t2: Volume, t1: Volume, localizer: OnnxModel, segmenter: OnnxModel, post: PostprocessConfig, progress: bool,
+             timings: dict[str, float]) -> Result:
     spec: ModelSpec = segmenter.spec
     check_inputs(t2, t1)
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
@@ -142,6 +185,8 @@ def segment(
     masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive")
     with _timed(timings, "postprocess"):
         cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
+    with _timed(timings, "stats"):
+        stats = None if post.soft else case_stats({c: np.asarray(m.dataobj) for c, m in masks.items()}, cord_native, t2, t1)
     return Result(
         masks=masks,
         cord=mask_image(cord_native.view(np.uint8), t2.image),
@@ -149,6 +194,7 @@ def segment(
         box_mm=crop_grid.corners_mm()[[0, -1]].round(2).tolist(),
         cord_found=cord is not None,
         timings=timings,
+        stats=stats,
     )
 
 
@@ -236,11 +282,13 @@ class Predictor:
         qc: bool = False,
         command: str | None = None,
         overwrite: bool = False,
-    ) -> dict[str, Path]:
-        """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) atomically.
+    ) -> Written:
+        """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) and the
+        statistics ``<t2 name>_stats.tsv`` (one row) and ``_stats.json`` (all) atomically.
 
         Output folder: ``out_dir`` or the T2w's folder. ``qc`` adds the cord mask (``_seg-cord``)
-        and the crop box (``_cropbox``). Returns {output name: path}. The outputs are checked
+        and the crop box (``_cropbox``). Returns {output name: path} with the statistics and the
+        :class:`Result` (:class:`Written`). The outputs are checked
         before any work (:func:`transaction.check_outputs`): an input is never replaced, nor, unless
         ``overwrite``, a file this tool did not write or wrote from another T2w.
         """
@@ -249,13 +297,14 @@ class Predictor:
         with _timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
         check_distinct(t2.path, t1.path)
-        keys = output_keys(self.classes, qc)
+        keys = output_keys(self.classes, qc, stats=not post.soft)
         paths = output_paths(t2.path, out_dir, keys)
         inputs = {"T2w": t2.path, "T1w": t1.path}
         check_outputs(paths.values(), inputs, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
         images = {class_key(name): img for name, img in result.masks.items()}
+        texts = {} if result.stats is None else {paths[STATS]: tsv_text([stats_row(result.stats, nifti_stem(t2.path))])}
         if qc:
             images.update({CORD: result.cord, CROPBOX: result.box})
         sidecar = {
@@ -267,10 +316,12 @@ class Predictor:
             "CordFound": result.cord_found,
         }
         with _timed(self.last_timings, "write"):
-            write_outputs({paths[k]: images[k] for k in keys},
-                          {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys},
-                          check=lambda: check_outputs(paths.values(), inputs, overwrite))
-        return paths
+            sidecars = {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys}
+            if result.stats is not None:
+                sidecars[sidecar_path(paths[STATS])] = {**sidecar, "Output": STATS, "Statistics": result.stats}
+            write_outputs({paths[k]: images[k] for k in keys if k in images}, sidecars,
+                          check=lambda: check_outputs(paths.values(), inputs, overwrite), texts=texts)
+        return Written(paths, result)
 
 
 def _volume(source, role: str) -> Volume:

@@ -88,7 +88,7 @@ def test_user_errors_print_one_line_and_exit_2(registry, tmp_path, capsys, argv,
 def test_list_tasks_and_install_from_folder(registry, tmp_path, capsys):
     assert cli.main(["-list-tasks"]) == 0
     listing = capsys.readouterr().out
-    assert "seg_tumor-edema-cavity_t1-t2 (alias: tumor_edema_cavity_t1_t2)" in listing
+    assert "tumor_edema_cavity_t1_t2 (alias: seg_tumor-edema-cavity_t1-t2)" in listing
     assert "model loc 1.0" in listing and "model seg 1.0" in listing
     assert cli.main(["-install", "--from", str(registry.parent)]) == 0
 

@@ -9,6 +9,7 @@ change (and say why in the commit): ``python tests/test_end_to_end.py --regenera
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -79,6 +80,14 @@ def test_outputs_score_against_the_ground_truth(out, label):
     assert dice(pred, gt) >= DICE_FLOORS.get(label, 0.0) and dice(pred, gt) > 0
 
 
+def test_the_statistics_measure_the_written_masks(out):
+    stats = json.loads(output(out, outputs.STATS).with_suffix(".json").read_text())["Statistics"]
+    voxel_mm3 = float(np.prod(nib.load(T2).header.get_zooms()[:3]))
+    for label in CLASSES:
+        assert stats["Classes"][label]["volume_mm3"] == pytest.approx(mask(output(out, outputs.class_key(label))).sum() * voxel_mm3, abs=1e-2)
+    assert stats["Cord"]["found"] and stats["VertebralLevels"] == "unknown"
+
+
 def test_the_crop_box_holds_every_lesion_voxel(out):
     lesion = truth("whole-tumor") | truth("cavity")
     assert box_contains(mask(output(out, outputs.CROPBOX)), lesion) == 1.0
@@ -93,7 +102,9 @@ def test_outputs_equal_the_committed_references_voxel_for_voxel(out, key):
 
 
 def test_inputs_and_outputs_are_where_the_readme_says(out):
-    assert sorted(p.name for p in out.glob("*.json")) == sorted(outputs.sidecar_path(output(out, k)).name for k in OUTPUTS)
+    written = [*OUTPUTS, outputs.STATS]
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(outputs.sidecar_path(output(out, k)).name for k in written)
+    assert [p.name for p in out.glob("*.tsv")] == ["sub-test01_T2w_stats.tsv"]
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-test01_T2w_{k}.nii.gz" for k in OUTPUTS)
 
 

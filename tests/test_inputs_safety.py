@@ -236,7 +236,9 @@ def test_outputs_carry_no_header_extension_or_text_of_the_inputs(predictor, tmp_
     nib.save(t2_image, tmp_path / "in" / "s_T2w.nii.gz")
     nib.save(t1_image, tmp_path / "in" / "s_T1w.nii.gz")
     paths = predictor.run_files(tmp_path / "in" / "s_T2w.nii.gz", tmp_path / "in" / "s_T1w.nii.gz", tmp_path / "out", qc=True)
-    for path in paths.values():
+    for path in [paths["stats"], paths["stats"].with_suffix(".json")]:
+        assert b"DOE" not in path.read_bytes(), path
+    for path in (p for p in paths.values() if p.name.endswith(".nii.gz")):
         raw = gzip.decompress(path.read_bytes())
         assert b"DOE" not in raw, path
         header = nib.load(path).header
