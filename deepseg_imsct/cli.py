@@ -65,11 +65,11 @@ def build_parser(specs: Sequence[ParamSpec] | None = None, classes: Sequence[str
 def _add_parameter(p: argparse.ArgumentParser, spec: ParamSpec) -> None:
     """One task parameter as an option: per class (strings, checked by :func:`params.convert_all`),
     a flag, or one value."""
-    unit = " (or with a suffix: 0.2cm3, 200mm3)" if spec.kind is ParamKind.VOLUME else ""
-    text = spec.help + (f", in {spec.unit}{unit}" if spec.unit else "")
+    volume = spec.kind is ParamKind.VOLUME  # its help names the units the command takes
+    text = spec.help + (f", in {spec.unit}" if spec.unit and not volume else "")
     dest = spec.option.lstrip("-").replace("-", "_")
     if spec.per_class:
-        default = spec.default_text() if spec.default else "the model's registry entry"
+        default = (spec.default_text() + (f" {spec.unit}" if volume else "")) if spec.default else "the model's registry entry"
         p.add_argument(spec.option, dest=dest, nargs="+", metavar=spec.metavar, help=f"{text}, per class (default: {default})")
     elif spec.kind is ParamKind.BOOL:
         p.add_argument(spec.option, dest=dest, action="store_true", help=text)

@@ -477,12 +477,15 @@ def with_case(env: Env, *options: str) -> list[str]:
 TRIGGERS["Wrong number of -i files"] = lambda env: env.cli("-i", "a.nii.gz")
 TRIGGERS["-c does not name t2 and t1"] = lambda env: env.cli("-i", "a.nii", "b.nii", "-c", "t2", "t2")
 TRIGGERS["-thr not a probability"] = lambda env: with_case(env, "-thr", "1.5")
-TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-small", "0.2vox")
+TRIGGERS["-thr 0 for some classes only"] = lambda env: with_case(env, "-thr", "edema=0")
+TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-small", "0.2litres")
+TRIGGERS["-remove-small without a unit"] = lambda env: with_case(env, "-remove-small", "200")
+TRIGGERS["-remove-small not whole voxels"] = lambda env: with_case(env, "-remove-small", "0.2vox")
 TRIGGERS["-fill-holes not 0 or 1"] = lambda env: with_case(env, "-fill-holes", "yes")
 TRIGGERS["Unknown class in CLASS=VALUE"] = lambda env: with_case(env, "-thr", "brain=0.5")
 TRIGGERS["Wrong number of per-class values"] = lambda env: with_case(env, "-thr", "0.5", "0.6")
 TRIGGERS["-threads out of range"] = lambda env: with_case(env, "-threads", "99999999999")
-TRIGGERS["-remove-small out of range"] = lambda env: with_case(env, "-remove-small", "1e400")
+TRIGGERS["-remove-small out of range"] = lambda env: with_case(env, "-remove-small", "1e400cm3")
 
 
 # the Python API: its messages, from the call that raises them

@@ -104,7 +104,7 @@ def test_form_values_become_the_command_line_and_back(task, tmp_path):
               "qc": True, "out_dir": f" {tmp_path} ", "threads": 2}
     params = logic.parse_values(fields, values)
     args = logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), params, specs)
-    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125", "-soft", "-qc",
+    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125cm3", "-soft", "-qc",
                         "-o", str(tmp_path), "-threads", "2"]
     parsed = cli.build_parser(specs, task.classes()).parse_args(args)
     assert convert_all(specs, task.classes(), cli.user_values(parsed, specs, task.classes())) == params  # the round trip

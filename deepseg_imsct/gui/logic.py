@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import outputs
 from ..errors import DeepsegError
-from ..params import ParamKind, ParamSpec
+from ..params import ParamKind, ParamSpec, Voxels
 
 MENU_LABEL = "Segment spinal cord tumor (T2w + T1w)…"  # the fsleyes_tools entry-point name in setup.cfg
 LAYOUT_NAME = "imsct"  # the fsleyes_layouts entry-point name in setup.cfg
@@ -151,10 +151,13 @@ def parse_values(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str
     return params
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, kind: ParamKind | None = None) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, Voxels):
+        return f"{value.count}vox"
+    text = repr(float(value)) if isinstance(value, float) else str(value)
+    return f"{text}cm3" if kind is ParamKind.VOLUME else text  # the command wants a volume's unit
 
 
 def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs: Sequence[ParamSpec]) -> list[str]:
@@ -167,7 +170,7 @@ def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs
             raise DeepsegError(f"the task has no parameter '{name}'")
         option, default = by_name[name].option, by_name[name].default
         if isinstance(value, Mapping):
-            changed = [f"{c}={_text(v)}" for c, v in value.items() if v != (default or {}).get(c)]
+            changed = [f"{c}={_text(v, by_name[name].kind)}" for c, v in value.items() if v != (default or {}).get(c)]
             args += [option, *changed] if changed else []
         elif isinstance(value, bool):
             args += [option] if value else []
@@ -220,4 +223,7 @@ class Request:
 
     @property
     def soft(self) -> bool:
-        return bool(self.params.get("soft"))
+        """Probabilities are written: -soft, or threshold 0 for every class (sct_deepseg's -thr 0)."""
+        thresholds = self.params.get("threshold")
+        return bool(self.params.get("soft")) or (isinstance(thresholds, Mapping) and bool(thresholds)
+                                                  and all(t == 0 for t in thresholds.values()))
