@@ -187,8 +187,12 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import Predictor
     from .transaction import check_outputs
 
-    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, settings.qc, stats=not settings.post.soft))
+    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, False, stats=not settings.post.soft))
     check_outputs(targets.values(), {"T2w": t2, "T1w": t1}, settings.overwrite)  # before the models load
+    if settings.qc:
+        from .qc_report import check_report
+
+        check_report(settings.qc, t2, {"T2w": t2, "T1w": t1}, settings.overwrite)
 
     predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,
                           offline=args.offline, progress=args.v > 0)

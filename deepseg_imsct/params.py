@@ -141,8 +141,9 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
                   invalid="{where}: {value} is not a volume from 0 to {maximum} cm³"),
         ParamSpec("soft", ParamKind.BOOL, False, "Write probabilities (float32) instead of binary masks; thresholds are then ignored",
                   option="-soft", label="Soft output (probabilities)"),
-        ParamSpec("qc", ParamKind.BOOL, False, "Also write the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
-                  option="-qc", label="QC outputs (cord mask, crop box)"),
+        ParamSpec("qc", ParamKind.PATH, None, "Quality-control report folder: pictures, statistics and flags of every run "
+                  "written there (index.html), with the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
+                  option="-qc", metavar="FOLDER", label="QC report folder"),
         ParamSpec("out_dir", ParamKind.PATH, None, "Output folder (default: the T2w's folder; created if missing), or a file "
                   "name as sct_deepseg takes it: -o out/sub.nii.gz writes out/sub_seg-tumor.nii.gz, ...",
                   option="-o", metavar="FOLDER|FILE", label="Output folder"),
@@ -162,7 +163,7 @@ class Settings:
     post: PostprocessConfig
     runtime: RuntimeOptions
     out_dir: Path | None = None
-    qc: bool = False
+    qc: Path | None = None
     overwrite: bool = False
 
 
@@ -204,7 +205,7 @@ def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_n
     specs = parameters(model.postprocessing)
     v = convert_all(specs, model.classes, values, naming)
     post = PostprocessConfig({c: _class_post(v, c) for c in model.classes}, soft=bool(v["soft"]) or _soft_threshold(v["threshold"], next(p for p in specs if p.name == "threshold"), naming))
-    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]))
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], v["qc"], bool(v["overwrite"]))
 
 
 def _class_post(v: Mapping[str, Any], cls: str) -> ClassPost:

@@ -27,12 +27,13 @@ from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
 from .localize import box_for_mask, localize, localizer_block, on_block
-from .outputs import CORD, CROPBOX, DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
+from .outputs import DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, reach_box
 from .segment import model_input, n_windows, sliding_window
+from .qc_report import check_report, write_report
 from .stats import case_stats, stats_row, tsv_text
 from .transaction import check_outputs
 
@@ -279,15 +280,16 @@ class Predictor:
         t1_path: Path | str,
         out_dir: Path | str | None = None,
         post: PostprocessConfig | None = None,
-        qc: bool = False,
+        qc: Path | str | None = None,
         command: str | None = None,
         overwrite: bool = False,
     ) -> Written:
         """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) and the
         statistics ``<t2 name>_stats.tsv`` (one row) and ``_stats.json`` (all) atomically.
 
-        Output folder: ``out_dir`` or the T2w's folder. ``qc`` adds the cord mask (``_seg-cord``)
-        and the crop box (``_cropbox``). Returns {output name: path} with the statistics and the
+        Output folder: ``out_dir`` or the T2w's folder (or ``out_dir`` as a file name:
+        :func:`outputs.output_base`). ``qc``: a report folder (:mod:`qc_report`) that receives the
+        cord mask (``_seg-cord``), the crop box (``_cropbox``), pictures and the report's index. Returns {output name: path} with the statistics and the
         :class:`Result` (:class:`Written`). The outputs are checked
         before any work (:func:`transaction.check_outputs`): an input is never replaced, nor, unless
         ``overwrite``, a file this tool did not write or wrote from another T2w.
@@ -297,16 +299,16 @@ class Predictor:
         with _timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
         check_distinct(t2.path, t1.path)
-        keys = output_keys(self.classes, qc, stats=not post.soft)
+        keys = output_keys(self.classes, False, stats=not post.soft)
         paths = output_paths(t2.path, out_dir, keys)
         inputs = {"T2w": t2.path, "T1w": t1.path}
         check_outputs(paths.values(), inputs, overwrite)
+        if qc:
+            check_report(Path(qc), t2.path, inputs, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
         images = {class_key(name): img for name, img in result.masks.items()}
         texts = {} if result.stats is None else {paths[STATS]: tsv_text([stats_row(result.stats, nifti_stem(t2.path))])}
-        if qc:
-            images.update({CORD: result.cord, CROPBOX: result.box})
         sidecar = {
             "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
             "Sources": {role: os.path.abspath(path) for role, path in inputs.items()},
@@ -320,7 +322,11 @@ class Predictor:
             if result.stats is not None:
                 sidecars[sidecar_path(paths[STATS])] = {**sidecar, "Output": STATS, "Statistics": result.stats}
             write_outputs({paths[k]: images[k] for k in keys if k in images}, sidecars,
-                          check=lambda: check_outputs(paths.values(), inputs, overwrite), texts=texts)
+                          check=lambda: check_outputs(paths.values(), inputs, overwrite), files=texts)
+        if qc:
+            with _timed(self.last_timings, "qc"):
+                provenance = {key: sidecar[key] for key in ("GeneratedBy", "Sources", "Postprocessing", "CropBoxScannerMm")}
+                paths.update(write_report(Path(qc), t2, t1, result, provenance, overwrite))
         return Written(paths, result)
 
 
@@ -333,9 +339,9 @@ def _volume(source, role: str) -> Volume:
 
 
 def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, registry: Registry | None = None,
-                  **values: Any) -> dict[str, Path]:
+                  **values: Any) -> Written:
     """One-call API: segment one pair of files with parameters named as in :func:`params.parameters`
-    (e.g. ``qc=True``, ``threshold=0.6``); returns {output key: path}."""
+    (e.g. ``qc="qc"``, ``threshold=0.6``); returns {output key: path} with ``.stats``."""
     registry = registry or load_registry()
     settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
     predictor = Predictor(task, runtime=settings.runtime, registry=registry)

@@ -16,9 +16,10 @@ from test_pipeline import write_case
 
 def test_segments_and_prints_the_viewer_command(registry, tmp_path, capsys):
     t2, t1 = write_case(tmp_path / "in")
-    assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(t2), str(t1), "-o", str(tmp_path / "out"), "-qc"]) == 0
+    assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(t2), str(t1), "-o", str(tmp_path / "out"), "-qc", str(tmp_path / "qc")]) == 0
     names = {p.name for p in (tmp_path / "out").glob("*.nii.gz")}
-    assert names == {f"sub-01_T2w_seg-{c}.nii.gz" for c in [*CLASSES, "cord"]} | {"sub-01_T2w_cropbox.nii.gz"}
+    assert names == {f"sub-01_T2w_seg-{c}.nii.gz" for c in CLASSES}
+    assert {p.name for p in (tmp_path / "qc").glob("*.nii.gz")} == {"sub-01_T2w_seg-cord.nii.gz", "sub-01_T2w_cropbox.nii.gz"}
     err = capsys.readouterr().err
     assert "fsleyes " + str(t2) in err and "seg-tumor.nii.gz -cm red" in err
 

@@ -422,6 +422,14 @@ def _(env):
     return env.cli("-i", t2, t1, "-o", env.base / "out")
 
 
+@trigger("QC report index not written by imsct_deepseg")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "qc").mkdir()
+    (env.base / "qc" / "index.html").write_text("<html>another tool's report</html>")
+    return env.cli("-i", t2, t1, "-qc", env.base / "qc")
+
+
 @trigger("Outputs of another T2w with the same name")
 def _(env):
     t2, t1 = env.case()

@@ -101,10 +101,10 @@ def test_form_values_become_the_command_line_and_back(task, tmp_path):
     assert logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), defaults, specs) == \
         [outputs.DEFAULT_TASK, "-i", "a.nii.gz", "b.nii.gz"]
     values = {"threshold.edema": 0.35, "fill_holes.tumor": True, "min_volume_cm3.cavity": 0.125, "soft": True,
-              "qc": True, "out_dir": f" {tmp_path} ", "threads": 2}
+              "qc": str(tmp_path / "qc"), "out_dir": f" {tmp_path} ", "threads": 2}
     params = logic.parse_values(fields, values)
     args = logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), params, specs)
-    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125cm3", "-soft", "-qc",
+    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125cm3", "-soft", "-qc", str(tmp_path / "qc"),
                         "-o", str(tmp_path), "-threads", "2"]
     parsed = cli.build_parser(specs, task.classes()).parse_args(args)
     assert convert_all(specs, task.classes(), cli.user_values(parsed, specs, task.classes())) == params  # the round trip
@@ -118,13 +118,14 @@ def test_same_file_twice_is_refused():
 
 # --- outputs and overlays ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("qc", [False, True])
-def test_expected_outputs_are_what_the_pipeline_writes(registry, tmp_path, qc):
+@pytest.mark.parametrize("report", [False, True])
+def test_expected_outputs_are_what_the_pipeline_writes(registry, tmp_path, report):
     from deepseg_imsct.pipeline import Predictor
 
     t2, t1 = write_case(tmp_path / "in")
+    qc = tmp_path / "qc" if report else None
     written = Predictor(registry=None).run_files(t2, t1, tmp_path / "out", qc=qc)
-    images = {key: path for key, path in written.items() if key != outputs.STATS}  # the overlays; the statistics are read
+    images = {key: path for key, path in written.items() if path.name.endswith(".nii.gz")}  # the overlays
     assert logic.expected_outputs(t2, tmp_path / "out", CLASSES, qc) == images
     assert logic.expected_outputs(t2, None, CLASSES, qc)["seg-tumor"] == tmp_path / "in" / "sub-01_T2w_seg-tumor.nii.gz"
 

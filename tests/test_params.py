@@ -26,9 +26,9 @@ def test_defaults_come_from_the_registry_entry():
 
 def test_overrides_one_value_or_per_class():
     settings = configure(MODEL, {"threshold": 0.4, "min_volume_cm3": {"edema": 1.0}, "fill_holes": {"tumor": False},
-                                 "soft": True, "qc": True, "out_dir": " out ", "threads": 3})
+                                 "soft": True, "qc": "qc", "out_dir": " out ", "threads": 3})
     assert settings.post.classes == {"tumor": ClassPost(0.4, False, 0.2), "edema": ClassPost(0.4, True, 1.0)}
-    assert settings.post.soft and settings.qc and settings.out_dir == Path("out") and settings.runtime.threads == 3
+    assert settings.post.soft and settings.qc == Path("qc") and settings.out_dir == Path("out") and settings.runtime.threads == 3
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_command_text_goes_through_the_same_translator():
     values = cli.user_values(args, parameters(MODEL.postprocessing), MODEL.classes)
     assert convert_all(parameters(MODEL.postprocessing), MODEL.classes, values) == {
         "threshold": {"tumor": 0.7, "edema": 0.45}, "fill_holes": {"tumor": False, "edema": True},
-        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": False, "out_dir": None, "overwrite": False,
+        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": None, "out_dir": None, "overwrite": False,
         "threads": 2}
 
 

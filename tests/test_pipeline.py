@@ -141,11 +141,12 @@ def write_case(folder: Path, **kwargs) -> tuple[Path, Path]:
 def test_run_files_writes_named_outputs_with_sidecars_and_leaves_inputs_alone(predictor, tmp_path):
     t2, t1 = write_case(tmp_path / "in")
     before = (sha(t2), sha(t1))
-    paths = predictor.run_files(t2, t1, qc=True)
+    paths = predictor.run_files(t2, t1, qc=tmp_path / "qc")
     assert (sha(t2), sha(t1)) == before
     names = sorted(p.name for p in (tmp_path / "in").iterdir() if p.name != outputs.LOCK_NAME)
-    expected = [f"sub-01_T2w_{k}.{e}" for k in ("cropbox", "seg-cavity", "seg-cord", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
+    expected = [f"sub-01_T2w_{k}.{e}" for k in ("seg-cavity", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
     assert names == sorted(expected + ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz", "sub-01_T2w_stats.json", "sub-01_T2w_stats.tsv"])
+    assert {p.name for p in (tmp_path / "qc").glob("*.nii.gz")} == {"sub-01_T2w_seg-cord.nii.gz", "sub-01_T2w_cropbox.nii.gz"}
     stats = json.loads((tmp_path / "in" / "sub-01_T2w_stats.json").read_text())
     assert stats["Statistics"] == paths.stats and stats["OutputSha256"] == sha(paths["stats"])
     header, row = paths["stats"].read_text().splitlines()

@@ -179,9 +179,11 @@ def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs
     return args
 
 
-def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: bool) -> dict[str, Path]:
-    """{output key: path} that the command writes (:mod:`deepseg_imsct.outputs` names them)."""
-    return outputs.output_paths(t2, out_dir, outputs.output_keys(classes, qc))
+def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: Path | None) -> dict[str, Path]:
+    """{output key: path} of the images the command writes (:mod:`deepseg_imsct.outputs` names
+    them): the classes' masks, and with a QC report folder the cord mask and crop box in it."""
+    paths = outputs.output_paths(t2, out_dir, outputs.output_keys(classes, False))
+    return {**paths, **(outputs.output_paths(t2, qc, outputs.QC_KEYS) if qc else {})}
 
 
 def overlay_settings(key: str, soft: bool) -> dict[str, Any]:
@@ -219,7 +221,7 @@ class Request:
         return command_args(self.task, self.t2, self.t1, self.params, self.specs)
 
     def outputs(self) -> dict[str, Path]:
-        return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, bool(self.params.get("qc")))
+        return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, self.params.get("qc"))
 
     @property
     def soft(self) -> bool:
