@@ -802,6 +802,70 @@ def _(env):
     return env.cli("-i", t2, t1, "-o", env.base / "out", code=0)
 
 
+# ----------------------------------------------------------------------------- imsct_growth
+
+
+def run_growth(env: Env, *argv, code: int = 2) -> list[str]:
+    from deepseg_imsct import growth_cli
+
+    env.capsys.readouterr()
+    assert growth_cli.main([str(a) for a in argv]) == code
+    return env.capsys.readouterr().err.splitlines()
+
+
+def growth_visit(env: Env, name: str, cord: bool = True, shift_mm: float = 0.0) -> Path:
+    """A visit's T2w with its masks (test_growth's phantom) in ``env.base / name``; returns the T2w."""
+    from test_growth import visit
+    from test_stats import AFFINE
+
+    masks, cord_mask = visit((100, 120))
+    affine = AFFINE.copy()
+    affine[2, 3] += shift_mm
+    folder = env.base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.where(cord_mask, 2.0, 1.0).astype(np.float32), affine), folder / "sub_T2w.nii.gz")
+    for cls, mask in {**masks, **({"cord": cord_mask} if cord else {})}.items():
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / f"sub_T2w_seg-{cls}.nii.gz")
+    return folder / "sub_T2w.nii.gz"
+
+
+DATES = ("-dates", "2024-01-01", "2025-01-01")
+TRIGGERS["Growth: date not ISO"] = lambda env: run_growth(env, "a.json", "b.json", "-dates", "2024-01-01", "1/2/2025")
+TRIGGERS["Growth: dates out of order"] = lambda env: run_growth(env, growth_visit(env, "a"), growth_visit(env, "b"), "-dates", "2025-01-01", "2024-01-01")
+TRIGGERS["Growth: visit missing"] = lambda env: run_growth(env, env.base / "none_stats.json", env.base / "b.json", *DATES)
+TRIGGERS["Growth: -o not .json or .tsv"] = lambda env: run_growth(env, "a.json", "b.json", *DATES, "-o", "growth.csv")
+TRIGGERS["Growth: no cord mask (warning)"] = lambda env: run_growth(env, growth_visit(env, "a", cord=False), growth_visit(env, "b"), *DATES,
+                                                                    "-masks", env.base / "a", env.base / "b", code=0)
+
+
+@trigger("Growth: not a statistics file")
+def _(env):
+    t2 = growth_visit(env, "a")
+    (env.base / "a" / "sub_T2w_seg-tumor.json").write_text('{"Output": "seg-tumor"}')
+    return run_growth(env, env.base / "a" / "sub_T2w_seg-tumor.json", t2, *DATES)
+
+
+@trigger("Growth: no masks for a T2w")
+def _(env):
+    t2 = growth_visit(env, "a")
+    return run_growth(env, t2, t2, *DATES, "-masks", env.base, env.base)
+
+
+@trigger("Growth: mask on another grid")
+def _(env):
+    t2 = growth_visit(env, "a")
+    other = growth_visit(env, "b", shift_mm=10.0)
+    (env.base / "b" / "sub_T2w.nii.gz").unlink()
+    (env.base / "b" / "sub_T2w.nii.gz").symlink_to(t2)
+    return run_growth(env, other, t2, *DATES)
+
+
+@trigger("Growth: -o exists")
+def _(env):
+    (env.base / "growth.tsv").write_text("mine")
+    return run_growth(env, "a.json", "b.json", *DATES, "-o", env.base / "growth.tsv")
+
+
 # ----------------------------------------------------------------------------- the checks
 
 
