@@ -26,6 +26,7 @@ from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
+from .logs import collect_warnings
 from .localize import box_for_mask, localize, localizer_block, on_block
 from .outputs import DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
 from .params import configure
@@ -69,27 +70,6 @@ class Written(dict):
     def __init__(self, paths: Mapping[str, Path], result: Result):
         super().__init__(paths)
         self.result, self.stats = result, result.stats
-
-
-class _Collect(logging.Handler):
-    """Keeps the messages of the package's warnings (Result.warnings)."""
-
-    def __init__(self, into: list[str]):
-        super().__init__(logging.WARNING)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record.getMessage())
-
-
-@contextmanager
-def _collect_warnings(into: list[str]) -> Iterator[None]:
-    handler, logger = _Collect(into), logging.getLogger("deepseg_imsct")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
 
 
 @contextmanager
@@ -160,7 +140,7 @@ def segment(
     """Run the cascade on one case (see the module docstring for the stages)."""
     timings: dict[str, float] = {}
     warned: list[str] = []
-    with _collect_warnings(warned):
+    with collect_warnings(warned):
         result = _cascade(t2, t1, localizer, segmenter, post, progress, timings)
     result.warnings = warned
     return result

@@ -98,3 +98,29 @@ def test_no_lesion_no_axial_picture(registry, tmp_path):
     assert [p["name"] for p in record["Pictures"]] == ["sagittal", "cord"] and "empty" in record["Flags"]
     with pytest.raises(DeepsegError, match="is not a folder path"):
         segment_files(t2, t1, qc=True)
+
+
+def test_warnings_of_a_run_are_kept_in_the_result():
+    import logging
+
+    from deepseg_imsct.logs import collect_warnings
+
+    kept: list[str] = []
+    with collect_warnings(kept):
+        logging.getLogger("deepseg_imsct.localize").warning("the inputs look %s", "swapped")
+        logging.getLogger("deepseg_imsct.localize").info("not kept")
+    logging.getLogger("deepseg_imsct").warning("after: not kept")
+    assert kept == ["the inputs look swapped"]
+
+
+def test_a_run_without_cord_is_flagged(tmp_path, monkeypatch):
+    from onnx_models import write_registry
+
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(write_registry(tmp_path / "models", loc_min_volume_cm3=1000.0)))
+    t2, t1 = write_case(tmp_path / "in")
+    written = segment_files(t2, t1, qc=tmp_path / "qc")
+    assert not written.result.cord_found and any("found no spinal cord" in w for w in written.result.warnings)
+    assert not written.stats["Cord"]["found"]  # positions along the scanner's S-I axis
+    record = json.loads(written["record"].read_text())
+    assert {"no_cord", "warnings"} <= set(record["Flags"]) and record["Warnings"] == written.result.warnings
+    assert qc_report.FLAGS["no_cord"] in (tmp_path / "qc" / "index.html").read_text()
