@@ -108,6 +108,7 @@ def test_action_logic_with_real_overlay_list(no_gl, registry, tmp_path):
         assert names[:3] == ["old_mask", "sub-01_T1w", "sub-01_T2w"] and names[-1] == "sub-01_T2w_seg-tumor"
         check_overlays(display_ctx, loaded)
         assert nib.load(outcome.outputs["seg-tumor"]).get_fdata().sum() > 0
+        assert action.last_summary.startswith("tumor: ") and "vertebral levels: unknown" in action.last_summary
         again, _ = action.run_blocking(request, timeout=120)  # a second run replaces the overlays
         assert again.status is Status.DONE and [o.name for o in overlays] == names
     finally:

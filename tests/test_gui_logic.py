@@ -277,3 +277,31 @@ def test_the_gui_package_imports_no_wx():
     code = ("import sys, deepseg_imsct, deepseg_imsct.gui.logic, deepseg_imsct.gui.runner, deepseg_imsct.gui.launcher, "
             "deepseg_imsct.cli; assert not {'wx', 'fsleyes'} & set(sys.modules), sorted(sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True).stderr == ""
+
+
+# --- statistics shown after a run ----------------------------------------------------------------
+
+def test_the_statistics_of_a_run_are_read_and_summarized(registry, tmp_path, task):
+    t2, t1 = write_case(tmp_path / "in")
+    fields = logic.form_fields(task.parameters(), task.classes())
+    request = Request(t2, t1, logic.parse_values(fields, {"out_dir": str(tmp_path / "out" / "case.nii.gz")}),
+                      task.parameters(), task.classes())
+    assert request.stats_file() == tmp_path / "out" / "case_stats.json"  # -o as a file name names the outputs
+    run = runner.CommandRun(request.args(), request.outputs()).start()
+    assert run.wait(120).status is runner.Status.DONE
+    stats = logic.read_stats(request.stats_file())
+    summary = logic.stats_summary(stats).splitlines()
+    tumor = stats["Classes"]["tumor"]
+    assert summary[0].startswith(f"tumor: {tumor['volume_cm3']:.3f} cm³ ({tumor['volume_mm3']:.0f} mm³) in 1 component; largest ")
+    assert summary[-1].startswith("cord: ") and summary[-1].endswith("vertebral levels: unknown")
+    soft = Request(t2, t1, logic.parse_values(fields, {"threshold.tumor": 0, "threshold.edema": 0, "threshold.cavity": 0,
+                                                        "threshold.whole-tumor": 0}), task.parameters(), task.classes())
+    assert soft.soft and soft.stats_file() is None
+    assert logic.stats_summary(logic.read_stats(None)).startswith("No statistics (soft output")
+
+
+def test_an_absent_class_is_summarized_as_none():
+    stats = {"Classes": {"cavity": {"volume_mm3": 0.0, "volume_cm3": 0.0, "n_components": 0, "components": []}},
+             "Cord": {"found": False, "length_mm": 120.0}, "VertebralLevels": "unknown"}
+    assert logic.stats_summary(stats).splitlines() == [
+        "cavity: none", "cord: 120 mm (not found: positions from the top of the image); vertebral levels: unknown"]

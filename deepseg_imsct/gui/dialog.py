@@ -29,6 +29,11 @@ def show_error(parent: wx.Window | None, message: str) -> None:
     wx.MessageBox(message, TITLE, wx.OK | wx.ICON_ERROR, parent)
 
 
+def show_info(parent: wx.Window | None, title: str, message: str) -> None:
+    """A message box with the run's statistics (after the overlays are loaded)."""
+    wx.MessageBox(message, title, wx.OK | wx.ICON_INFORMATION, parent)
+
+
 def _number_widget(parent: wx.Window, field: Field) -> wx.Window:
     if field.kind is ParamKind.INT:
         high = int(field.maximum) if field.maximum is not None else 1024

@@ -5,7 +5,8 @@
   and its values turned into the task's parameters (:func:`parse_values`) and into the
   ``imsct_deepseg`` command line that runs them (:func:`command_args`);
 - where the command writes its outputs (:func:`expected_outputs`) and how each output is shown
-  as an overlay (:func:`overlay_settings`, :func:`load_order`).
+  as an overlay (:func:`overlay_settings`, :func:`load_order`);
+- the run's lesion statistics as text shown after it (:func:`read_stats`, :func:`stats_summary`).
 """
 from __future__ import annotations
 
@@ -186,6 +187,36 @@ def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc:
     return {**paths, **(outputs.output_paths(t2, qc, outputs.QC_KEYS) if qc else {})}
 
 
+def read_stats(path: Path | None) -> dict | None:
+    """The ``Statistics`` of a run's ``_stats.json`` (None: no such file, e.g. soft output)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["Statistics"] if path else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stats_summary(stats: Mapping[str, Any] | None) -> str:
+    """Lesion statistics as a few lines of text: per class volume, components and the largest's
+    length along the cord and position."""
+    if not stats:
+        return "No statistics (soft output: probabilities are not masks)."
+    lines = []
+    for name, c in stats["Classes"].items():
+        if not c["n_components"]:
+            lines.append(f"{name}: none")
+            continue
+        big = c["components"][0]
+        lines.append(f"{name}: {c['volume_cm3']:.3f} cm³ ({c['volume_mm3']:.0f} mm³) in {c['n_components']} "
+                     f"component{'s' if c['n_components'] > 1 else ''}; largest {big['extent_along_cord_mm']:.1f} mm along the cord, "
+                     f"{big['max_axial_area_mm2']:.1f} mm² axial, {big['from_top_mm']:.0f} mm below the cord's top")
+    cord = stats["Cord"]
+    lines.append(f"cord: {cord['length_mm']:.0f} mm{'' if cord['found'] else ' (not found: positions from the top of the image)'}; "
+                 f"vertebral levels: {stats.get('VertebralLevels', 'unknown')}")
+    return "\n".join(lines)
+
+
 def overlay_settings(key: str, soft: bool) -> dict[str, Any]:
     """FSLeyes Display/DisplayOpts property values for one output (passed to OverlayList.append)."""
     settings: dict[str, Any] = {"enabled": key not in HIDDEN}
@@ -222,6 +253,12 @@ class Request:
 
     def outputs(self) -> dict[str, Path]:
         return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, self.params.get("qc"))
+
+    def stats_file(self) -> Path | None:
+        """The run's ``_stats.json`` (None for soft output, which has none)."""
+        if self.soft:
+            return None
+        return outputs.sidecar_path(outputs.output_paths(self.t2, self.params.get("out_dir"), [outputs.STATS])[outputs.STATS])
 
     @property
     def soft(self) -> bool:
