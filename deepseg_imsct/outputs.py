@@ -25,7 +25,7 @@ STATS, STATS_SUFFIX = "stats", ".tsv"  # <stem>_stats.tsv (one row), its sidecar
 TEMP_SUFFIX = ".part"  # a file being written is '.<final name>.<random>.part' in the output folder
 TEMP_RANDOM = 8  # characters of tempfile's random part
 # a temporary (or, while a set is replaced, a backup) file of this tool: what a killed run leaves
-TEMP_NAME = re.compile(r"^\..+\.(?:nii\.gz|json)\.[a-z0-9_]+\.part$")
+TEMP_NAME = re.compile(r"^\..+\.(?:nii\.gz|json|tsv|png|html)\.[a-z0-9_]+\.part$")
 LOCK_NAME = f".{PROG}.lock"  # in the output folder: one writer at a time
 JOURNAL_NAME = f".{PROG}.journal.json"  # in the output folder while a set is being replaced
 TOOL_NAME = "deepseg-imsct"  # sidecars name their writer: GeneratedBy[0].Name

@@ -124,3 +124,18 @@ def test_a_run_without_cord_is_flagged(tmp_path, monkeypatch):
     record = json.loads(written["record"].read_text())
     assert {"no_cord", "warnings"} <= set(record["Flags"]) and record["Warnings"] == written.result.warnings
     assert qc_report.FLAGS["no_cord"] in (tmp_path / "qc" / "index.html").read_text()
+
+
+def test_soft_output_gets_a_report_without_statistics(registry, tmp_path):
+    t2, t1 = write_case(tmp_path / "in")
+    written = segment_files(t2, t1, tmp_path / "out", qc=tmp_path / "qc", soft=True)
+    assert written.stats is None and outputs.STATS not in written
+    record = json.loads(written["record"].read_text())
+    assert record["Statistics"] is None and [p["name"] for p in record["Pictures"]] == ["sagittal", "axial", "cord"]
+    assert "no statistics (soft output)" in (tmp_path / "qc" / "index.html").read_text()
+
+
+def test_temporary_files_of_every_kind_written_here_are_recognized():
+    for name in ("x_T2w_stats.tsv", "x_T2w_qc-axial.png", "index.html", "x_T2w_seg-tumor.nii.gz", "x_T2w_qc.json"):
+        assert outputs.TEMP_NAME.match(f".{name}.k2j4h_9a.part"), name
+    assert not outputs.TEMP_NAME.match("notes.txt.abc.part") and not outputs.TEMP_NAME.match("x_T2w_stats.tsv")
