@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -97,8 +98,18 @@ def user_values(args: argparse.Namespace, specs: Sequence[ParamSpec], classes: S
     values = {}
     for spec in specs:
         given = getattr(args, spec.option.lstrip("-").replace("-", "_"))
+        if spec.kind is ParamKind.VOLUME and given:
+            given = last_unit(given)
         values[spec.name] = per_class(given, classes, spec.option) if spec.per_class else given
     return values
+
+
+def last_unit(values: Sequence[str]) -> list[str]:
+    """sct_deepseg's ``-remove-small 10 20 30 40mm3``: bare numbers take the last value's unit."""
+    unit = re.search(r"(cm3|mm3|vox)\s*$", values[-1])
+    if len(values) < 2 or not unit or any("=" in v for v in values):
+        return list(values)
+    return [v if re.search(r"[a-z]", v) else f"{v}{unit.group(1)}" for v in values]
 
 
 def order_inputs(files: Sequence[str] | None, contrasts: Sequence[str] | None, required: Sequence[str]) -> list[str]:

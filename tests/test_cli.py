@@ -160,3 +160,14 @@ def test_the_older_task_name_is_an_alias(registry, tmp_path):
     t2, t1 = write_case(tmp_path)
     assert cli.main(["seg_tumor-edema-cavity_t1-t2", "-i", str(t2), str(t1)]) == 0
     assert (tmp_path / "sub-01_T2w_seg-tumor.nii.gz").exists()
+
+
+def test_remove_small_bare_numbers_take_the_last_values_unit_as_in_sct_deepseg(registry, tmp_path):
+    import json
+
+    t2, t1 = write_case(tmp_path)
+    assert cli.last_unit(["10", "20", "30", "40vox"]) == ["10vox", "20vox", "30vox", "40vox"]
+    assert cli.last_unit(["5", "6mm3"]) == ["5mm3", "6mm3"] and cli.last_unit(["7"]) == ["7"]
+    assert cli.main(["-i", str(t2), str(t1), "-remove-small", "100", "200", "0.3cm3", "400mm3"]) == 0
+    classes = json.loads((tmp_path / "sub-01_T2w_seg-edema.json").read_text())["Postprocessing"]["classes"]
+    assert [classes[c]["min_volume_cm3"] for c in CLASSES] == [0.1, 0.2, 0.3, 0.4]
