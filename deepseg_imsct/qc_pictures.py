@@ -4,7 +4,8 @@ Volumes are shown in the RAS orientation nearest to their grid (axes permuted an
 :func:`nibabel.orientations.io_orientation`): sagittal views with superior up and anterior on the
 left, axial views in the radiological convention (the subject's right on the left, anterior up).
 Pixels are square, :data:`SAGITTAL_PX_MM` / :data:`AXIAL_PX_MM` mm wide (nearest neighbour), so
-anisotropic voxels keep their physical shape. Masks are drawn as one-pixel outlines in their
+anisotropic voxels keep their physical shape; smaller where a view would otherwise be less than
+:data:`MIN_TILE_PX` pixels high (a small field of view). Masks are drawn as one-pixel outlines in their
 colour (:data:`outputs.COLOURS`), later keys of :data:`outputs.DRAW_ORDER` on top.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from .outputs import COLOURS, CORD, CROPBOX, draw_rank
 
 SAGITTAL_PX_MM, AXIAL_PX_MM = 0.8, 0.25
-MARGIN_MM = 5.0  # around the crop box in sagittal views, around the lesion in axial ones
+MIN_TILE_PX = 200  # pixels: the height of a view at least
+MARGIN_MM, AXIAL_MARGIN_MM = 5.0, 10.0  # around the crop box in sagittal views, around the lesion in axial ones
 SAGITTAL_SLICES, AXIAL_CUTS = 5, 3
 GAP = 2  # pixels between tiles
 GAP_VALUE = 40
@@ -39,6 +41,11 @@ def grey(image: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     low, high = np.percentile(values, [1, 99]) if values.size else (0.0, 1.0)
     scaled = (image - low) / (high - low) if high > low else np.zeros_like(image, dtype=float)
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def pixel_mm(height_mm: float, px_mm: float) -> float:
+    """The pixel size of a view ``height_mm`` high: ``px_mm``, or less to make it :data:`MIN_TILE_PX` high."""
+    return min(px_mm, height_mm / MIN_TILE_PX)
 
 
 def resize_nearest(plane: np.ndarray, spacing: tuple[float, float], px_mm: float) -> np.ndarray:
@@ -104,31 +111,33 @@ def sagittal_mosaic(images: Sequence[np.ndarray], masks: Mapping[str, np.ndarray
     ys = _span(region, 1, int(MARGIN_MM / zooms[1]), shape[1])
     zs = _span(region, 2, int(MARGIN_MM / zooms[2]), shape[2])
     spacing = (zooms[2], zooms[1])
+    px = pixel_mm((zs.stop - zs.start) * zooms[2], SAGITTAL_PX_MM)
     rows = []
     for image in images:
         window = image[:, ys, zs]
         base = grey(window, region[:, ys, zs] if region.any() else None)
-        rows.append([overlay(resize_nearest(sagittal_plane(base, x), spacing, SAGITTAL_PX_MM),
-                             {k: resize_nearest(sagittal_plane(m[:, ys, zs], x), spacing, SAGITTAL_PX_MM) for k, m in masks.items()})
+        rows.append([overlay(resize_nearest(sagittal_plane(base, x), spacing, px),
+                             {k: resize_nearest(sagittal_plane(m[:, ys, zs], x), spacing, px) for k, m in masks.items()})
                      for x in xs])
     return tile(rows)
 
 
 def axial_cuts(images: Sequence[np.ndarray], masks: Mapping[str, np.ndarray], zooms: np.ndarray, lesion: np.ndarray) -> np.ndarray | None:
     """One row per image (RAS): :data:`AXIAL_CUTS` axial cuts through ``lesion`` (at a quarter,
-    half and three quarters of its S-I span), around it plus :data:`MARGIN_MM`; None without a lesion."""
+    half and three quarters of its S-I span), around it plus :data:`AXIAL_MARGIN_MM`; None without a lesion."""
     hits = np.flatnonzero(lesion.any(axis=(0, 1)))
     if not hits.size:
         return None
     zs = sorted({int(round(hits[0] + f * (hits[-1] - hits[0]))) for f in np.linspace(0.25, 0.75, AXIAL_CUTS)})
-    xs = _span(lesion, 0, int(MARGIN_MM / zooms[0]), lesion.shape[0])
-    ys = _span(lesion, 1, int(MARGIN_MM / zooms[1]), lesion.shape[1])
+    xs = _span(lesion, 0, int(AXIAL_MARGIN_MM / zooms[0]), lesion.shape[0])
+    ys = _span(lesion, 1, int(AXIAL_MARGIN_MM / zooms[1]), lesion.shape[1])
     spacing = (zooms[1], zooms[0])
+    px = pixel_mm((ys.stop - ys.start) * zooms[1], AXIAL_PX_MM)
     rows = []
     for image in images:
         base = grey(image[xs, ys], None)
-        rows.append([overlay(resize_nearest(axial_plane(base, z), spacing, AXIAL_PX_MM),
-                             {k: resize_nearest(axial_plane(m[xs, ys], z), spacing, AXIAL_PX_MM) for k, m in masks.items()})
+        rows.append([overlay(resize_nearest(axial_plane(base, z), spacing, px),
+                             {k: resize_nearest(axial_plane(m[xs, ys], z), spacing, px) for k, m in masks.items()})
                      for z in zs])
     return tile(rows)
 
@@ -138,9 +147,10 @@ def cord_view(t2: np.ndarray, cord: np.ndarray, box: np.ndarray, zooms: np.ndarr
     and the crop box outlined."""
     x = _centre(cord, 0, t2.shape[0] // 2)
     spacing = (zooms[2], zooms[1])
-    return overlay(resize_nearest(sagittal_plane(grey(t2), x), spacing, SAGITTAL_PX_MM),
-                   {CORD: resize_nearest(sagittal_plane(cord, x), spacing, SAGITTAL_PX_MM),
-                    CROPBOX: resize_nearest(sagittal_plane(box, x), spacing, SAGITTAL_PX_MM)})
+    px = pixel_mm(t2.shape[2] * zooms[2], SAGITTAL_PX_MM)
+    return overlay(resize_nearest(sagittal_plane(grey(t2), x), spacing, px),
+                   {CORD: resize_nearest(sagittal_plane(cord, x), spacing, px),
+                    CROPBOX: resize_nearest(sagittal_plane(box, x), spacing, px)})
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
