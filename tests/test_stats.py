@@ -144,3 +144,27 @@ def test_the_statistics_files_are_overwrite_protected(registry, tmp_path):
     again = segment_files(t2, t1, out, threshold=0.9)  # our own files, from this T2w: replaced
     assert again.stats["Classes"]["tumor"]["volume_mm3"] < first.stats["Classes"]["tumor"]["volume_mm3"]
     assert json.loads((out / "sub-01_T2w_stats.json").read_text())["Statistics"] == again.stats
+
+
+def test_statistics_do_not_depend_on_the_voxel_order():
+    """The shipped case's ground truth, as stored (LSA) and reoriented to RAS: the same numbers."""
+    import nibabel as nib
+
+    from conftest import REPO
+
+    labels = REPO / "testing_data" / "derivatives" / "labels" / "sub-test01" / "anat"
+    images = {c: nib.load(labels / f"sub-test01_T2w_seg-{c}.nii.gz") for c in ("tumor", "edema", "cavity", "whole-tumor", "cord")}
+
+    def stats(reorient):
+        imgs = {c: nib.as_closest_canonical(i) if reorient else i for c, i in images.items()}
+        masks = {c: np.asanyarray(i.dataobj) > 0 for c, i in imgs.items()}
+        return lesion_stats({c: m for c, m in masks.items() if c != "cord"}, masks["cord"], imgs["cord"].affine)
+
+    stored, ras = stats(False), stats(True)
+    assert nib.aff2axcodes(images["cord"].affine) != ("R", "A", "S")
+    assert stored["Cord"]["length_mm"] == pytest.approx(ras["Cord"]["length_mm"], abs=1e-3) and stored["Cord"]["length_mm"] > 100
+    for cls in ("tumor", "edema", "cavity", "whole-tumor"):
+        a, b = stored["Classes"][cls], ras["Classes"][cls]
+        assert a["volume_mm3"] > 0 and a["volume_mm3"] == pytest.approx(b["volume_mm3"]) and a["n_components"] == b["n_components"]
+        for key in ("extent_along_cord_mm", "max_axial_area_mm2", "from_top_mm", "centroid_mm"):
+            assert a["components"][0][key] == pytest.approx(b["components"][0][key], abs=1e-2), (cls, key)
