@@ -52,7 +52,8 @@ class _PathWidget(wx.Panel):
     def __init__(self, parent: wx.Window, field: Field):
         super().__init__(parent)
         self.text = wx.TextCtrl(self, value=str(field.default or ""), size=(320, -1))
-        self.text.SetHint("default: the T2w's folder")
+        self.text.SetHint("default: the T2w's folder" if field.param == "out_dir" else "empty: none")
+        self.title = field.label
         browse = wx.Button(self, label="Browse…")
         browse.Bind(wx.EVT_BUTTON, self._browse)
         sizer = wx.BoxSizer(wx.HORIZONTAL)
@@ -61,7 +62,7 @@ class _PathWidget(wx.Panel):
         self.SetSizer(sizer)
 
     def _browse(self, _event: wx.CommandEvent) -> None:
-        with wx.DirDialog(self, "Output folder", self.text.GetValue()) as chooser:
+        with wx.DirDialog(self, self.title, self.text.GetValue()) as chooser:
             if chooser.ShowModal() == wx.ID_OK:
                 self.text.SetValue(chooser.GetPath())
 
