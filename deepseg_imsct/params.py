@@ -21,7 +21,7 @@ from .errors import DeepsegError
 
 if TYPE_CHECKING:  # imported where used: describing parameters (the command's -h) needs no numpy
     from .inference import RuntimeOptions
-    from .postprocess import PostprocessConfig
+    from .postprocess import ClassPost, PostprocessConfig
     from .registry import ClassDefaults, ModelSpec
 
 MAX_THREADS = 1024  # ONNX Runtime's thread count is a C int; no CPU has more cores than this
