@@ -283,6 +283,8 @@ class Predictor:
         paths = output_paths(t2.path, out_dir, keys)
         inputs = {"T2w": t2.path, "T1w": t1.path}
         check_outputs(paths.values(), inputs, overwrite)
+        if qc is not None and not isinstance(qc, (str, os.PathLike)):
+            raise DeepsegError(f"qc: {qc!r} is not a folder path: give the QC report's folder (a str or pathlib.Path), or None")
         if qc:
             check_report(Path(qc), t2.path, inputs, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)

@@ -511,6 +511,7 @@ def _api_case(env: Env) -> tuple[Path, Path]:
 TRIGGERS["Input neither a path nor an image"] = lambda env: api_error(lambda: Predictor()(np.zeros((20, 20, 6)), _api_case(env)[1]))
 TRIGGERS["Input file name not a path"] = lambda env: api_error(lambda: segment_files(b"sub_T2w.nii.gz", _api_case(env)[1]))
 TRIGGERS["Output folder not a path"] = lambda env: api_error(lambda: segment_files(*_api_case(env), out_dir=b"out"))
+TRIGGERS["QC folder not a path (run_files)"] = lambda env: api_error(lambda: Predictor().run_files(*_api_case(env), qc=True))
 TRIGGERS["Task.run inputs malformed"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run({"t2": _api_case(env)[0]}))
 TRIGGERS["Parameters not a mapping"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run(dict(zip(("t2", "t1"), _api_case(env))), ["soft"]))
 TRIGGERS["Unknown task"] = lambda env: env.cli("no_such_task", "-i", "a.nii", "b.nii")

@@ -97,7 +97,11 @@ def test_no_lesion_no_axial_picture(registry, tmp_path):
     record = json.loads(written["record"].read_text())
     assert [p["name"] for p in record["Pictures"]] == ["sagittal", "cord"] and "empty" in record["Flags"]
     with pytest.raises(DeepsegError, match="is not a folder path"):
-        segment_files(t2, t1, qc=True)
+        segment_files(t2, t1, qc=True)  # -qc was a flag: now the report's folder
+    from deepseg_imsct.pipeline import Predictor
+
+    with pytest.raises(DeepsegError, match="qc: True is not a folder path: give the QC report's folder"):
+        Predictor().run_files(t2, t1, qc=True)
 
 
 def test_warnings_of_a_run_are_kept_in_the_result():
