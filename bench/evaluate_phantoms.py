@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         if (preds / t2.name.replace(".nii.gz", "_seg-tumor.nii.gz")).exists():
             continue
         t0 = time.perf_counter()
-        predictor.run_files(t2, t2.with_name(t2.name.replace("_T2w", "_T1w")), preds, qc=True)
+        predictor.run_files(t2, t2.with_name(t2.name.replace("_T2w", "_T1w")), preds, qc=preds / "qc")  # cord and crop box: preds/qc
         seconds.append(time.perf_counter() - t0)
     if seconds:
         print(f"inference: {sum(seconds) / len(seconds):.2f} s per case on average ({len(seconds)} cases)")

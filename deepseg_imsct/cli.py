@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -65,11 +66,11 @@ def build_parser(specs: Sequence[ParamSpec] | None = None, classes: Sequence[str
 def _add_parameter(p: argparse.ArgumentParser, spec: ParamSpec) -> None:
     """One task parameter as an option: per class (strings, checked by :func:`params.convert_all`),
     a flag, or one value."""
-    unit = " (or with a suffix: 0.2cm3, 200mm3)" if spec.kind is ParamKind.VOLUME else ""
-    text = spec.help + (f", in {spec.unit}{unit}" if spec.unit else "")
+    volume = spec.kind is ParamKind.VOLUME  # its help names the units the command takes
+    text = spec.help + (f", in {spec.unit}" if spec.unit and not volume else "")
     dest = spec.option.lstrip("-").replace("-", "_")
     if spec.per_class:
-        default = spec.default_text() if spec.default else "the model's registry entry"
+        default = (spec.default_text() + (f" {spec.unit}" if volume else "")) if spec.default else "the model's registry entry"
         p.add_argument(spec.option, dest=dest, nargs="+", metavar=spec.metavar, help=f"{text}, per class (default: {default})")
     elif spec.kind is ParamKind.BOOL:
         p.add_argument(spec.option, dest=dest, action="store_true", help=text)
@@ -97,8 +98,18 @@ def user_values(args: argparse.Namespace, specs: Sequence[ParamSpec], classes: S
     values = {}
     for spec in specs:
         given = getattr(args, spec.option.lstrip("-").replace("-", "_"))
+        if spec.kind is ParamKind.VOLUME and given:
+            given = last_unit(given)
         values[spec.name] = per_class(given, classes, spec.option) if spec.per_class else given
     return values
+
+
+def last_unit(values: Sequence[str]) -> list[str]:
+    """sct_deepseg's ``-remove-small 10 20 30 40mm3``: bare numbers take the last value's unit."""
+    unit = re.search(r"(cm3|mm3|vox)\s*$", values[-1])
+    if len(values) < 2 or not unit or any("=" in v for v in values):
+        return list(values)
+    return [v if re.search(r"[a-z]", v) else f"{v}{unit.group(1)}" for v in values]
 
 
 def order_inputs(files: Sequence[str] | None, contrasts: Sequence[str] | None, required: Sequence[str]) -> list[str]:
@@ -187,8 +198,12 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import Predictor
     from .transaction import check_outputs
 
-    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, settings.qc))
+    targets = output_paths(t2, settings.out_dir, output_keys(seg_spec.classes, False, stats=not settings.post.soft))
     check_outputs(targets.values(), {"T2w": t2, "T1w": t1}, settings.overwrite)  # before the models load
+    if settings.qc:
+        from .qc_report import check_report
+
+        check_report(settings.qc, t2, {"T2w": t2, "T1w": t1}, settings.overwrite)
 
     predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,
                           offline=args.offline, progress=args.v > 0)

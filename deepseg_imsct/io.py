@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -257,15 +258,17 @@ def _umask() -> int:
 
 
 def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict],
-                  check: Callable[[], None] | None = None) -> None:
+                  check: Callable[[], None] | None = None, files: Mapping[Path, str | bytes] | None = None) -> None:
     """Write every file of one folder to a temporary name, then replace the previous set at once.
 
     Under the folder's lock (:func:`transaction.locked`), ``check`` runs first (the targets seen
     again, as another run may have written meanwhile); a sidecar of an image records the image's
-    sha256 (``OutputSha256``). Either the complete new set is in place or (on any error, a full disk,
+    sha256 (``OutputSha256``), as does the sidecar of another file (``files``: {path: UTF-8 text or
+    bytes}, e.g. the statistics' TSV, a picture). Either the complete new set is in place or (on any error, a full disk,
     Ctrl-C) the previous one is, and no partial file remains.
     """
-    (folder,) = {p.parent for p in [*images, *sidecars]}
+    files = files or {}
+    (folder,) = {p.parent for p in [*images, *sidecars, *files]}
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -276,18 +279,20 @@ def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path
         with transaction.locked(folder), contextlib.ExitStack() as stack:
             if check:
                 check()
-            staged = _stage(stack, images, sidecars)
+            staged = _stage(stack, images, sidecars, files)
             _commit(folder, staged)
     except OSError as exc:
         raise DeepsegError(f"writing outputs in {folder} failed ({exc.strerror or exc}): free disk space or choose another folder with -o; nothing was written") from None
 
 
-def _stage(stack: contextlib.ExitStack, images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict]) -> list[tuple[Path, Path]]:
+def _stage(stack: contextlib.ExitStack, images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict],
+           files: Mapping[Path, str | bytes]) -> list[tuple[Path, Path]]:
     """Every file written under its temporary name: [(temporary, final)]."""
     staged, digests = [], {}
-    for path, image in images.items():
+    payloads = itertools.chain(((path, image.to_bytes()) for path, image in images.items()),  # one image in memory at a time
+                               ((path, data if isinstance(data, bytes) else data.encode("utf-8")) for path, data in files.items()))
+    for path, payload in payloads:
         tmp = stack.enter_context(_temporary(path))
-        payload = image.to_bytes()
         if path.name.endswith(".gz"):
             payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
         tmp.write_bytes(payload)

@@ -15,15 +15,17 @@ from typing import Iterable, Mapping, Sequence
 
 PROG = "imsct_deepseg"
 ERROR_PREFIX = f"{PROG}: error: "
-DEFAULT_TASK = "seg_tumor-edema-cavity_t1-t2"  # also the entry-point name in setup.cfg (tested)
+DEFAULT_TASK = "tumor_edema_cavity_t1_t2"  # sct_deepseg's name; also the entry-point name in setup.cfg (tested)
+OLD_TASK_NAME = "seg_tumor-edema-cavity_t1-t2"  # the name before sct_deepseg renamed its tasks: an alias
 
 IMAGE_SUFFIX, SIDECAR_SUFFIX = ".nii.gz", ".json"
 CORD, CROPBOX = "seg-cord", "cropbox"  # the quality-control outputs (-qc)
 QC_KEYS = (CORD, CROPBOX)
+STATS, STATS_SUFFIX = "stats", ".tsv"  # <stem>_stats.tsv (one row), its sidecar <stem>_stats.json: every statistic
 TEMP_SUFFIX = ".part"  # a file being written is '.<final name>.<random>.part' in the output folder
 TEMP_RANDOM = 8  # characters of tempfile's random part
 # a temporary (or, while a set is replaced, a backup) file of this tool: what a killed run leaves
-TEMP_NAME = re.compile(r"^\..+\.(?:nii\.gz|json)\.[a-z0-9_]+\.part$")
+TEMP_NAME = re.compile(r"^\..+\.(?:nii\.gz|json|tsv|png|html)\.[a-z0-9_]+\.part$")
 LOCK_NAME = f".{PROG}.lock"  # in the output folder: one writer at a time
 JOURNAL_NAME = f".{PROG}.journal.json"  # in the output folder while a set is being replaced
 TOOL_NAME = "deepseg-imsct"  # sidecars name their writer: GeneratedBy[0].Name
@@ -41,9 +43,9 @@ def class_key(cls: str) -> str:
     return f"seg-{cls}"
 
 
-def output_keys(classes: Sequence[str], qc: bool) -> list[str]:
-    """Keys of the outputs of a run, in the order they are written (classes, then QC)."""
-    return [class_key(c) for c in classes] + (list(QC_KEYS) if qc else [])
+def output_keys(classes: Sequence[str], qc: bool, stats: bool = False) -> list[str]:
+    """Keys of the outputs of a run, in the order they are written (classes, QC, statistics)."""
+    return [class_key(c) for c in classes] + (list(QC_KEYS) if qc else []) + ([STATS] if stats else [])
 
 
 def nifti_stem(path: Path) -> str:
@@ -55,16 +57,32 @@ def nifti_stem(path: Path) -> str:
     return path.stem
 
 
-def output_paths(t2: Path | str, out_dir: Path | str | None, keys: Iterable[str]) -> dict[str, Path]:
-    """{key: ``<folder>/<T2w name>_<key>.nii.gz``}; folder: ``out_dir`` or the T2w's folder."""
+def is_file_name(out: Path | str) -> bool:
+    """Whether ``-o`` names a file (``out/sub.nii.gz``, as sct_deepseg takes it) rather than a folder."""
+    return str(out).endswith((".nii", ".nii.gz"))
+
+
+def output_base(t2: Path | str, out: Path | str | None) -> tuple[Path, str]:
+    """(folder, name stem) of a run's outputs: ``out`` as a folder (default: the T2w's folder) with
+    the T2w's name, or ``out`` as a file name (``out/sub.nii.gz``: folder ``out``, stem ``sub``)."""
     t2 = Path(t2)
-    folder = Path(out_dir) if out_dir else t2.parent
-    return {key: folder / f"{nifti_stem(t2)}_{key}{IMAGE_SUFFIX}" for key in keys}
+    if out and is_file_name(out):
+        return Path(out).parent, nifti_stem(Path(out))
+    return (Path(out) if out else t2.parent), nifti_stem(t2)
 
 
-def sidecar_path(image: Path) -> Path:
-    """The JSON sidecar of an output image."""
-    return image.with_name(image.name[: -len(IMAGE_SUFFIX)] + SIDECAR_SUFFIX)
+def output_paths(t2: Path | str, out_dir: Path | str | None, keys: Iterable[str]) -> dict[str, Path]:
+    """{key: ``<folder>/<stem>_<key>.nii.gz``} (``_stats.tsv`` for :data:`STATS`); folder and stem
+    from :func:`output_base`."""
+    folder, stem = output_base(t2, out_dir)
+    return {key: folder / f"{stem}_{key}{STATS_SUFFIX if key == STATS else IMAGE_SUFFIX}" for key in keys}
+
+
+def sidecar_path(output: Path) -> Path:
+    """The JSON sidecar of an output: ``x.nii.gz`` -> ``x.json``, ``x_stats.tsv`` -> ``x_stats.json``."""
+    if output.name.endswith(IMAGE_SUFFIX):
+        return output.with_name(output.name[: -len(IMAGE_SUFFIX)] + SIDECAR_SUFFIX)
+    return output.with_suffix(SIDECAR_SUFFIX)
 
 
 def output_suffixes(classes: Sequence[str]) -> dict[str, str]:
@@ -92,7 +110,7 @@ def temporary_files(outputs: Mapping[str, Path]) -> list[Path]:
     """The temporary files that writing ``outputs`` (and their sidecars) leaves if killed."""
     found: set[Path] = set()
     for path in outputs.values():
-        for final in (path, sidecar_path(path) if path.name.endswith(IMAGE_SUFFIX) else path):
+        for final in (path, path if path.name.endswith(SIDECAR_SUFFIX) else sidecar_path(path)):
             pattern = glob.escape(str(final.parent / temp_prefix(final))) + "*" + TEMP_SUFFIX
             found.update(Path(p) for p in glob.glob(pattern))
     return sorted(found)

@@ -21,12 +21,13 @@ from .errors import DeepsegError
 
 if TYPE_CHECKING:  # imported where used: describing parameters (the command's -h) needs no numpy
     from .inference import RuntimeOptions
-    from .postprocess import PostprocessConfig
+    from .postprocess import ClassPost, PostprocessConfig
     from .registry import ClassDefaults, ModelSpec
 
 MAX_THREADS = 1024  # ONNX Runtime's thread count is a C int; no CPU has more cores than this
 MAX_VOLUME_CM3 = 1000  # a litre: larger than any spinal cord, so removing smaller components removes all
-VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3)?\s*$")
+VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3|vox)?\s*$")
+VOLUME_EXAMPLES = "0.2cm3, 200mm3 or 100vox"
 
 
 class ParamKind(str, Enum):
@@ -34,7 +35,14 @@ class ParamKind(str, Enum):
     BOOL = "bool"
     INT = "int"
     PATH = "path"
-    VOLUME = "volume"  # cm³; as text also '200mm3' or '0.2cm3'
+    VOLUME = "volume"  # a number: cm³; text needs a unit, as sct_deepseg's: '0.2cm3', '200mm3', '100vox'
+
+
+@dataclass(frozen=True)
+class Voxels:
+    """A volume given in voxels of the T2w's native grid (``-remove-small 100vox``)."""
+
+    count: int
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class ParamSpec:
                 raise DeepsegError(f"{where}: '{raw}' is not 0 or 1")
             return raw == "1" if isinstance(raw, str) else bool(raw)
         value = self._number(raw, where)
+        if isinstance(value, Voxels):
+            return value
         low = -math.inf if self.minimum is None else self.minimum
         high = math.inf if self.maximum is None else self.maximum
         if not low <= value <= high:  # NaN included
@@ -77,12 +87,19 @@ class ParamSpec:
                                                    maximum="∞" if self.maximum is None else self.maximum))
         return value
 
-    def _number(self, raw: Any, where: str) -> float | int:
+    def _number(self, raw: Any, where: str) -> float | int | Voxels:
         if self.kind is ParamKind.VOLUME and isinstance(raw, str):
             match = VOLUME.match(raw)
             if not match:
-                raise DeepsegError(f"{where}: '{raw}' is not a volume (examples: 0.2, 0.2cm3, 200mm3)")
-            return float(match.group(1)) / (1000.0 if match.group(2) == "mm3" else 1.0)
+                raise DeepsegError(f"{where}: '{raw}' is not a volume (write it with a unit: {VOLUME_EXAMPLES})")
+            number, unit = match.group(1), match.group(2)
+            if unit is None:
+                raise DeepsegError(f"{where}: '{raw}' has no unit: write {number}cm3, {number}mm3 or {number}vox")
+            if unit == "vox":
+                if not float(number).is_integer():
+                    raise DeepsegError(f"{where}: '{raw}' is not a whole number of voxels")
+                return Voxels(int(float(number)))
+            return float(number) / (1000.0 if unit == "mm3" else 1.0)
         try:
             if self.kind is ParamKind.INT and not (isinstance(raw, str) or float(raw).is_integer()):
                 raise ValueError(raw)  # 2.5 threads
@@ -111,21 +128,25 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
     (``ModelSpec.postprocessing``: {class: defaults}, whose keys are the classes)."""
     return [
         ParamSpec("threshold", ParamKind.FLOAT, {c: d.threshold for c, d in defaults.items()},
-                  "Binarization threshold on the probability (voxels >= threshold are kept)", True, 0.0, 1.0,
+                  "Binarization threshold on the probability (voxels >= threshold are kept); 0 for every class: "
+                  "no binarization, probabilities are written (as -soft, and as sct_deepseg's -thr 0)", True, 0.0, 1.0,
                   option="-thr", metavar="P", label="Threshold",
                   invalid="{where}: threshold {value} is not a probability in [0, 1] (use -soft for probabilities)"),
         ParamSpec("fill_holes", ParamKind.BOOL, {c: d.fill_holes for c, d in defaults.items()},
                   "Fill 3D holes in each mask", True, option="-fill-holes", metavar="0|1", label="Fill holes"),
         ParamSpec("min_volume_cm3", ParamKind.VOLUME, {c: d.min_volume_cm3 for c, d in defaults.items()},
-                  "Remove connected components smaller than this volume",
+                  "Remove connected components smaller than this volume, given with its unit: 0.2cm3, 200mm3 or 100vox "
+                  "(voxels of the T2w)",
                   True, 0.0, MAX_VOLUME_CM3, "cm³", option="-remove-small", metavar="VOL", label="Remove smaller than",
                   invalid="{where}: {value} is not a volume from 0 to {maximum} cm³"),
         ParamSpec("soft", ParamKind.BOOL, False, "Write probabilities (float32) instead of binary masks; thresholds are then ignored",
                   option="-soft", label="Soft output (probabilities)"),
-        ParamSpec("qc", ParamKind.BOOL, False, "Also write the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
-                  option="-qc", label="QC outputs (cord mask, crop box)"),
-        ParamSpec("out_dir", ParamKind.PATH, None, "Output folder (default: the T2w's folder; created if missing)",
-                  option="-o", metavar="FOLDER", label="Output folder"),
+        ParamSpec("qc", ParamKind.PATH, None, "Quality-control report folder: pictures, statistics and flags of every run "
+                  "written there (index.html), with the localizer's cord mask (_seg-cord) and the crop box (_cropbox)",
+                  option="-qc", metavar="FOLDER", label="QC report folder"),
+        ParamSpec("out_dir", ParamKind.PATH, None, "Output folder (default: the T2w's folder; created if missing), or a file "
+                  "name as sct_deepseg takes it: -o out/sub.nii.gz writes out/sub_seg-tumor.nii.gz, ...",
+                  option="-o", metavar="FOLDER|FILE", label="Output folder"),
         ParamSpec("overwrite", ParamKind.BOOL, False, "Replace existing output files that this tool did not write, "
                   "that were changed since, or that another T2w of the same name produced (inputs are never replaced)",
                   option="-overwrite", label="Replace files not written by this tool"),
@@ -142,7 +163,7 @@ class Settings:
     post: PostprocessConfig
     runtime: RuntimeOptions
     out_dir: Path | None = None
-    qc: bool = False
+    qc: Path | None = None
     overwrite: bool = False
 
 
@@ -179,9 +200,27 @@ def convert_all(specs: Sequence[ParamSpec], classes: Sequence[str], values: Mapp
 def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_name) -> Settings:
     """The one translator: user values ({parameter name: value}, missing: default) -> :class:`Settings`."""
     from .inference import RuntimeOptions
-    from .postprocess import ClassPost, PostprocessConfig
+    from .postprocess import PostprocessConfig
 
-    v = convert_all(parameters(model.postprocessing), model.classes, values, naming)
-    post = PostprocessConfig({c: ClassPost(v["threshold"][c], v["fill_holes"][c], v["min_volume_cm3"][c]) for c in model.classes},
-                             soft=bool(v["soft"]))
-    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]))
+    specs = parameters(model.postprocessing)
+    v = convert_all(specs, model.classes, values, naming)
+    post = PostprocessConfig({c: _class_post(v, c) for c in model.classes}, soft=bool(v["soft"]) or _soft_threshold(v["threshold"], next(p for p in specs if p.name == "threshold"), naming))
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], v["qc"], bool(v["overwrite"]))
+
+
+def _class_post(v: Mapping[str, Any], cls: str) -> ClassPost:
+    from .postprocess import ClassPost
+
+    volume = v["min_volume_cm3"][cls]
+    if isinstance(volume, Voxels):
+        return ClassPost(v["threshold"][cls], v["fill_holes"][cls], 0.0, volume.count)
+    return ClassPost(v["threshold"][cls], v["fill_holes"][cls], volume)
+
+
+def _soft_threshold(thresholds: Mapping[str, float], spec: ParamSpec, naming: Naming) -> bool:
+    """Threshold 0 means no binarization (sct_deepseg's -thr 0): for every class, or refused."""
+    zero = [c for c, t in thresholds.items() if t == 0]
+    if zero and len(zero) < len(thresholds):
+        raise DeepsegError(f"{naming(spec, None)}: threshold 0 (no binarization: probabilities, as -soft) applies to every class, "
+                           f"not only {' '.join(zero)}: give 0 alone, or thresholds above 0")
+    return bool(zero)

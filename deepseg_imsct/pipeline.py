@@ -26,13 +26,16 @@ from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
+from .logs import collect_warnings
 from .localize import box_for_mask, localize, localizer_block, on_block
-from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
+from .outputs import DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, reach_box
 from .segment import model_input, n_windows, sliding_window
+from .qc_report import check_report, write_report
+from .stats import case_stats, stats_row, tsv_text
 from .transaction import check_outputs
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ class Result:
 
     ``masks``: class -> uint8 mask (float32 probabilities when soft); ``cord``: the localizer's
     cord mask (uint8); ``box``: the segmenter's crop box as a uint8 mask; ``box_mm``: the
-    box's scanner-space corners; ``timings``: seconds per stage.
+    box's scanner-space corners; ``stats``: lesion statistics (:func:`stats.case_stats`; None
+    for soft outputs); ``warnings``: what the run warned about; ``timings``: seconds per stage.
     """
 
     masks: dict[str, nib.Nifti1Image]
@@ -55,6 +59,17 @@ class Result:
     box_mm: list[list[float]]
     cord_found: bool
     timings: dict[str, float] = field(default_factory=dict)
+    stats: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Written(dict):
+    """{output key: path} of :meth:`Predictor.run_files`, with the run's :class:`Result`
+    (``.result``) and its statistics (``.stats``, as written in ``<T2w name>_stats.json``)."""
+
+    def __init__(self, paths: Mapping[str, Path], result: Result):
+        super().__init__(paths)
+        self.result, self.stats = result, result.stats
 
 
 @contextmanager
@@ -124,6 +139,15 @@ def segment(
 ) -> Result:
     """Run the cascade on one case (see the module docstring for the stages)."""
     timings: dict[str, float] = {}
+    warned: list[str] = []
+    with collect_warnings(warned):
+        result = _cascade(t2, t1, localizer, segmenter, post, progress, timings)
+    result.warnings = warned
+    return result
+
+
+def _cascade(t2: Volume, t1: Volume, localizer: OnnxModel, segmenter: OnnxModel, post: PostprocessConfig, progress: bool,
+             timings: dict[str, float]) -> Result:
     spec: ModelSpec = segmenter.spec
     check_inputs(t2, t1)
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
@@ -142,6 +166,8 @@ def segment(
     masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive")
     with _timed(timings, "postprocess"):
         cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
+    with _timed(timings, "stats"):
+        stats = None if post.soft else case_stats({c: np.asarray(m.dataobj) for c, m in masks.items()}, cord_native, t2, t1)
     return Result(
         masks=masks,
         cord=mask_image(cord_native.view(np.uint8), t2.image),
@@ -149,6 +175,7 @@ def segment(
         box_mm=crop_grid.corners_mm()[[0, -1]].round(2).tolist(),
         cord_found=cord is not None,
         timings=timings,
+        stats=stats,
     )
 
 
@@ -233,14 +260,17 @@ class Predictor:
         t1_path: Path | str,
         out_dir: Path | str | None = None,
         post: PostprocessConfig | None = None,
-        qc: bool = False,
+        qc: Path | str | None = None,
         command: str | None = None,
         overwrite: bool = False,
-    ) -> dict[str, Path]:
-        """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) atomically.
+    ) -> Written:
+        """Segment files and write ``<t2 name>_seg-<class>.nii.gz`` (+ JSON sidecars) and the
+        statistics ``<t2 name>_stats.tsv`` (one row) and ``_stats.json`` (all) atomically.
 
-        Output folder: ``out_dir`` or the T2w's folder. ``qc`` adds the cord mask (``_seg-cord``)
-        and the crop box (``_cropbox``). Returns {output name: path}. The outputs are checked
+        Output folder: ``out_dir`` or the T2w's folder (or ``out_dir`` as a file name:
+        :func:`outputs.output_base`). ``qc``: a report folder (:mod:`qc_report`) that receives the
+        cord mask (``_seg-cord``), the crop box (``_cropbox``), pictures and the report's index. Returns {output name: path} with the statistics and the
+        :class:`Result` (:class:`Written`). The outputs are checked
         before any work (:func:`transaction.check_outputs`): an input is never replaced, nor, unless
         ``overwrite``, a file this tool did not write or wrote from another T2w.
         """
@@ -249,15 +279,18 @@ class Predictor:
         with _timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
         check_distinct(t2.path, t1.path)
-        keys = output_keys(self.classes, qc)
+        keys = output_keys(self.classes, False, stats=not post.soft)
         paths = output_paths(t2.path, out_dir, keys)
         inputs = {"T2w": t2.path, "T1w": t1.path}
         check_outputs(paths.values(), inputs, overwrite)
+        if qc is not None and not isinstance(qc, (str, os.PathLike)):
+            raise DeepsegError(f"qc: {qc!r} is not a folder path: give the QC report's folder (a str or pathlib.Path), or None")
+        if qc:
+            check_report(Path(qc), t2.path, inputs, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
         images = {class_key(name): img for name, img in result.masks.items()}
-        if qc:
-            images.update({CORD: result.cord, CROPBOX: result.box})
+        texts = {} if result.stats is None else {paths[STATS]: tsv_text([stats_row(result.stats, nifti_stem(t2.path))])}
         sidecar = {
             "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
             "Sources": {role: os.path.abspath(path) for role, path in inputs.items()},
@@ -267,10 +300,16 @@ class Predictor:
             "CordFound": result.cord_found,
         }
         with _timed(self.last_timings, "write"):
-            write_outputs({paths[k]: images[k] for k in keys},
-                          {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys},
-                          check=lambda: check_outputs(paths.values(), inputs, overwrite))
-        return paths
+            sidecars = {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys}
+            if result.stats is not None:
+                sidecars[sidecar_path(paths[STATS])] = {**sidecar, "Output": STATS, "Statistics": result.stats}
+            write_outputs({paths[k]: images[k] for k in keys if k in images}, sidecars,
+                          check=lambda: check_outputs(paths.values(), inputs, overwrite), files=texts)
+        if qc:
+            with _timed(self.last_timings, "qc"):
+                provenance = {key: sidecar[key] for key in ("GeneratedBy", "Sources", "Postprocessing", "CropBoxScannerMm")}
+                paths.update(write_report(Path(qc), t2, t1, result, provenance, overwrite))
+        return Written(paths, result)
 
 
 def _volume(source, role: str) -> Volume:
@@ -282,9 +321,9 @@ def _volume(source, role: str) -> Volume:
 
 
 def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, registry: Registry | None = None,
-                  **values: Any) -> dict[str, Path]:
+                  **values: Any) -> Written:
     """One-call API: segment one pair of files with parameters named as in :func:`params.parameters`
-    (e.g. ``qc=True``, ``threshold=0.6``); returns {output key: path}."""
+    (e.g. ``qc="qc"``, ``threshold=0.6``); returns {output key: path} with ``.stats``."""
     registry = registry or load_registry()
     settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
     predictor = Predictor(task, runtime=settings.runtime, registry=registry)

@@ -17,7 +17,8 @@ from .primitives import MM3_PER_CM3, connected_components
 @dataclass(frozen=True)
 class ClassPost:
     """Post-processing of one class: ``threshold`` (probability in [0, 1]), ``fill_holes``,
-    ``min_volume_cm3`` (components strictly smaller are removed; 0 keeps everything).
+    ``min_volume_cm3`` (components strictly smaller are removed; 0 keeps everything), or
+    ``min_voxels`` instead when above 0 (voxels of the native grid, sct_deepseg's ``vox`` unit).
 
     Values are checked where users give them (:func:`params.configure`), not here.
     """
@@ -25,6 +26,11 @@ class ClassPost:
     threshold: float = 0.5
     fill_holes: bool = True
     min_volume_cm3: float = 0.0
+    min_voxels: int = 0
+
+    def min_volume_mm3(self, voxel_volume_mm3: float) -> float:
+        """The smallest component kept, in mm³ of a grid with this voxel volume."""
+        return self.min_voxels * voxel_volume_mm3 if self.min_voxels else self.min_volume_cm3 * MM3_PER_CM3
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class PostprocessConfig:
     soft: bool = False
 
     def as_dict(self) -> dict:
-        return {"soft": self.soft, "classes": {c: vars(p).copy() for c, p in self.classes.items()}}
+        return {"soft": self.soft, "classes": {c: {k: v for k, v in vars(p).items() if k != "min_voxels" or v}
+                                               for c, p in self.classes.items()}}
 
 
 def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -73,7 +80,7 @@ def postprocess(prob: np.ndarray, post: ClassPost, voxel_volume_mm3: float) -> n
     mask = binarize(prob, post.threshold)
     if post.fill_holes:
         mask = fill_holes(mask)
-    mask = remove_small(mask, post.min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3)
+    mask = remove_small(mask, post.min_volume_mm3(voxel_volume_mm3), voxel_volume_mm3)
     return mask.astype(np.uint8)
 
 
@@ -103,7 +110,7 @@ def postprocess_exclusive(probs: Mapping[str, np.ndarray], config: Mapping[str, 
     others = [c for c in probs if c != union]
     region = postprocess(probs[union], config[union], voxel_volume_mm3).astype(bool)
     split = assign_exclusive([probs[c] for c in others], [config[c].threshold for c in others], region)
-    masks = {c: remove_small(m, config[c].min_volume_cm3 * MM3_PER_CM3, voxel_volume_mm3) for c, m in zip(others, split)}
+    masks = {c: remove_small(m, config[c].min_volume_mm3(voxel_volume_mm3), voxel_volume_mm3) for c, m in zip(others, split)}
     out = {c: m.astype(np.uint8) for c, m in masks.items()}
     out[union] = np.logical_or.reduce(list(masks.values())).astype(np.uint8)
     return out

@@ -84,4 +84,6 @@ def discover_tasks() -> dict[str, Task]:
     for ep in entry_points(group="deepseg_imsct.tasks"):
         task = ep.load()
         found[task.name] = task
+        for alias in task.aliases:
+            found.setdefault(alias, task)
     return found

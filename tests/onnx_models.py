@@ -110,8 +110,8 @@ def write_registry(
     registry = {
         "schema": 1,
         "tasks": {
-            "seg_tumor-edema-cavity_t1-t2": {
-                "aliases": ["tumor_edema_cavity_t1_t2"],
+            "tumor_edema_cavity_t1_t2": {
+                "aliases": ["seg_tumor-edema-cavity_t1-t2"],
                 "description": "test task",
                 "contrasts": ["t2", "t1"],
                 "localizer": "loc",

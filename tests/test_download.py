@@ -378,7 +378,7 @@ def test_task_name_in_import_command(tmp_path: Path) -> None:
 
     registry_dir = write_registry(tmp_path / "reg").parent
     spec = make_spec(sources=("https://example.invalid/m",), registry_dir=registry_dir, name="seg")
-    with pytest.raises(DeepsegError, match="imsct_deepseg -install seg_tumor-edema-cavity_t1-t2 --from"):
+    with pytest.raises(DeepsegError, match="imsct_deepseg -install tumor_edema_cavity_t1_t2 --from"):
         download.ensure_model(spec, offline=True)
 
 
@@ -818,7 +818,7 @@ def _seg(data: dict) -> dict:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["tasks"]["seg_tumor-edema-cavity_t1-t2"].pop("segmenter"),
+    (lambda d: d["tasks"]["tumor_edema_cavity_t1_t2"].pop("segmenter"),
      r"model registry .*model_registry.json is malformed \(missing or bad field 'segmenter'\): reinstall deepseg-imsct"),
     (lambda d: _seg(d).pop("sha256"),
      r"model 'seg' version '1.0' in .* lacks the field 'sha256': fix the registry or reinstall deepseg-imsct"),

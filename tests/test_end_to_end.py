@@ -9,6 +9,7 @@ change (and say why in the commit): ``python tests/test_end_to_end.py --regenera
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ DICE_FLOORS = {"tumor": 0.69, "edema": 0.42, "whole-tumor": 0.82, "cord": 0.87} 
 
 
 def run_command(out: Path) -> None:
-    assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(T2), str(T1), "-o", str(out), "-qc", "-v", "0"]) == 0
+    assert cli.main(["tumor_edema_cavity_t1_t2", "-i", str(T2), str(T1), "-o", str(out), "-qc", str(out / "qc"), "-v", "0"]) == 0
 
 
 def mask(path: Path) -> np.ndarray:
@@ -64,7 +65,8 @@ def out(tmp_path_factory, monkeypatch_module) -> Path:
 
 
 def output(out: Path, key: str) -> Path:
-    return outputs.output_paths(T2, out, [key])[key]
+    """Where the README's command writes an output: the QC masks in the report folder (-qc out/qc)."""
+    return outputs.output_paths(T2, out / "qc" if key in outputs.QC_KEYS else out, [key])[key]
 
 
 @pytest.mark.parametrize("label", [
@@ -77,6 +79,14 @@ def test_outputs_score_against_the_ground_truth(out, label):
     assert gt.any(), "the ground truth holds every class"
     assert pred.any(), f"{label}: present in the ground truth ({int(gt.sum())} voxels), empty in the output"
     assert dice(pred, gt) >= DICE_FLOORS.get(label, 0.0) and dice(pred, gt) > 0
+
+
+def test_the_statistics_measure_the_written_masks(out):
+    stats = json.loads(output(out, outputs.STATS).with_suffix(".json").read_text())["Statistics"]
+    voxel_mm3 = float(np.prod(nib.load(T2).header.get_zooms()[:3]))
+    for label in CLASSES:
+        assert stats["Classes"][label]["volume_mm3"] == pytest.approx(mask(output(out, outputs.class_key(label))).sum() * voxel_mm3, abs=1e-2)
+    assert stats["Cord"]["found"] and stats["VertebralLevels"] == "unknown"
 
 
 def test_the_crop_box_holds_every_lesion_voxel(out):
@@ -93,8 +103,12 @@ def test_outputs_equal_the_committed_references_voxel_for_voxel(out, key):
 
 
 def test_inputs_and_outputs_are_where_the_readme_says(out):
-    assert sorted(p.name for p in out.glob("*.json")) == sorted(outputs.sidecar_path(output(out, k)).name for k in OUTPUTS)
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-test01_T2w_{k}.nii.gz" for k in OUTPUTS)
+    written = [*outputs.output_keys(CLASSES, qc=False), outputs.STATS]
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(outputs.sidecar_path(output(out, k)).name for k in written)
+    assert [p.name for p in out.glob("*.tsv")] == ["sub-test01_T2w_stats.tsv"]
+    assert sorted(p.name for p in (out / "qc").glob("*.nii.gz")) == sorted(f"sub-test01_T2w_{k}.nii.gz" for k in outputs.QC_KEYS)
+    assert (out / "qc" / "index.html").exists() and len(list((out / "qc").glob("*.png"))) == 3
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-test01_T2w_{k}.nii.gz" for k in written[:-1])
 
 
 if __name__ == "__main__" and "--regenerate" in sys.argv:

@@ -424,6 +424,14 @@ def _(env):
     return env.cli("-i", t2, t1, "-o", env.base / "out")
 
 
+@trigger("QC report index not written by imsct_deepseg")
+def _(env):
+    t2, t1 = env.case()
+    (env.base / "qc").mkdir()
+    (env.base / "qc" / "index.html").write_text("<html>another tool's report</html>")
+    return env.cli("-i", t2, t1, "-qc", env.base / "qc")
+
+
 @trigger("Outputs of another T2w with the same name")
 def _(env):
     t2, t1 = env.case()
@@ -479,12 +487,15 @@ def with_case(env: Env, *options: str) -> list[str]:
 TRIGGERS["Wrong number of -i files"] = lambda env: env.cli("-i", "a.nii.gz")
 TRIGGERS["-c does not name t2 and t1"] = lambda env: env.cli("-i", "a.nii", "b.nii", "-c", "t2", "t2")
 TRIGGERS["-thr not a probability"] = lambda env: with_case(env, "-thr", "1.5")
-TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-small", "0.2vox")
+TRIGGERS["-thr 0 for some classes only"] = lambda env: with_case(env, "-thr", "edema=0")
+TRIGGERS["-remove-small not a volume"] = lambda env: with_case(env, "-remove-small", "0.2litres")
+TRIGGERS["-remove-small without a unit"] = lambda env: with_case(env, "-remove-small", "200")
+TRIGGERS["-remove-small not whole voxels"] = lambda env: with_case(env, "-remove-small", "0.2vox")
 TRIGGERS["-fill-holes not 0 or 1"] = lambda env: with_case(env, "-fill-holes", "yes")
 TRIGGERS["Unknown class in CLASS=VALUE"] = lambda env: with_case(env, "-thr", "brain=0.5")
 TRIGGERS["Wrong number of per-class values"] = lambda env: with_case(env, "-thr", "0.5", "0.6")
 TRIGGERS["-threads out of range"] = lambda env: with_case(env, "-threads", "99999999999")
-TRIGGERS["-remove-small out of range"] = lambda env: with_case(env, "-remove-small", "1e400")
+TRIGGERS["-remove-small out of range"] = lambda env: with_case(env, "-remove-small", "1e400cm3")
 
 
 # the Python API: its messages, from the call that raises them
@@ -502,6 +513,7 @@ def _api_case(env: Env) -> tuple[Path, Path]:
 TRIGGERS["Input neither a path nor an image"] = lambda env: api_error(lambda: Predictor()(np.zeros((20, 20, 6)), _api_case(env)[1]))
 TRIGGERS["Input file name not a path"] = lambda env: api_error(lambda: segment_files(b"sub_T2w.nii.gz", _api_case(env)[1]))
 TRIGGERS["Output folder not a path"] = lambda env: api_error(lambda: segment_files(*_api_case(env), out_dir=b"out"))
+TRIGGERS["QC folder not a path (run_files)"] = lambda env: api_error(lambda: Predictor().run_files(*_api_case(env), qc=True))
 TRIGGERS["Task.run inputs malformed"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run({"t2": _api_case(env)[0]}))
 TRIGGERS["Parameters not a mapping"] = lambda env: api_error(lambda: TUMOR_EDEMA_CAVITY.run(dict(zip(("t2", "t1"), _api_case(env))), ["soft"]))
 TRIGGERS["Unknown task"] = lambda env: env.cli("no_such_task", "-i", "a.nii", "b.nii")
@@ -903,6 +915,70 @@ def _(env):
     env.registry(loc_min_volume_cm3=1000.0)
     t2, t1 = env.case()
     return env.cli("-i", t2, t1, "-o", env.base / "out", code=0)
+
+
+# ----------------------------------------------------------------------------- imsct_growth
+
+
+def run_growth(env: Env, *argv, code: int = 2) -> list[str]:
+    from deepseg_imsct import growth_cli
+
+    env.capsys.readouterr()
+    assert growth_cli.main([str(a) for a in argv]) == code
+    return env.capsys.readouterr().err.splitlines()
+
+
+def growth_visit(env: Env, name: str, cord: bool = True, shift_mm: float = 0.0) -> Path:
+    """A visit's T2w with its masks (test_growth's phantom) in ``env.base / name``; returns the T2w."""
+    from test_growth import visit
+    from test_stats import AFFINE
+
+    masks, cord_mask = visit((100, 120))
+    affine = AFFINE.copy()
+    affine[2, 3] += shift_mm
+    folder = env.base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.where(cord_mask, 2.0, 1.0).astype(np.float32), affine), folder / "sub_T2w.nii.gz")
+    for cls, mask in {**masks, **({"cord": cord_mask} if cord else {})}.items():
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / f"sub_T2w_seg-{cls}.nii.gz")
+    return folder / "sub_T2w.nii.gz"
+
+
+DATES = ("-dates", "2024-01-01", "2025-01-01")
+TRIGGERS["Growth: date not ISO"] = lambda env: run_growth(env, "a.json", "b.json", "-dates", "2024-01-01", "1/2/2025")
+TRIGGERS["Growth: dates out of order"] = lambda env: run_growth(env, growth_visit(env, "a"), growth_visit(env, "b"), "-dates", "2025-01-01", "2024-01-01")
+TRIGGERS["Growth: visit missing"] = lambda env: run_growth(env, env.base / "none_stats.json", env.base / "b.json", *DATES)
+TRIGGERS["Growth: -o not .json or .tsv"] = lambda env: run_growth(env, "a.json", "b.json", *DATES, "-o", "growth.csv")
+TRIGGERS["Growth: no cord mask (warning)"] = lambda env: run_growth(env, growth_visit(env, "a", cord=False), growth_visit(env, "b"), *DATES,
+                                                                    "-masks", env.base / "a", env.base / "b", code=0)
+
+
+@trigger("Growth: not a statistics file")
+def _(env):
+    t2 = growth_visit(env, "a")
+    (env.base / "a" / "sub_T2w_seg-tumor.json").write_text('{"Output": "seg-tumor"}')
+    return run_growth(env, env.base / "a" / "sub_T2w_seg-tumor.json", t2, *DATES)
+
+
+@trigger("Growth: no masks for a T2w")
+def _(env):
+    t2 = growth_visit(env, "a")
+    return run_growth(env, t2, t2, *DATES, "-masks", env.base, env.base)
+
+
+@trigger("Growth: mask on another grid")
+def _(env):
+    t2 = growth_visit(env, "a")
+    other = growth_visit(env, "b", shift_mm=10.0)
+    (env.base / "b" / "sub_T2w.nii.gz").unlink()
+    (env.base / "b" / "sub_T2w.nii.gz").symlink_to(t2)
+    return run_growth(env, other, t2, *DATES)
+
+
+@trigger("Growth: -o exists")
+def _(env):
+    (env.base / "growth.tsv").write_text("mine")
+    return run_growth(env, "a.json", "b.json", *DATES, "-o", env.base / "growth.tsv")
 
 
 # ----------------------------------------------------------------------------- the checks

@@ -98,15 +98,17 @@ def test_action_logic_with_real_overlay_list(no_gl, registry, tmp_path):
         infos = [info for _, info in action.candidates()]
         assert infos[0].looks_like_mask and logic.choose_inputs(infos) == (2, 1)
         fields, classes = action.form()
-        request = action.request(infos, (2, 1), {"threshold.tumor": 0.4, "qc": True}, fields, classes)
+        request = action.request(infos, (2, 1), {"threshold.tumor": 0.4, "qc": str(tmp_path / "qc")}, fields, classes)
         outcome, loaded = action.run_blocking(request, timeout=120)
         assert outcome.status is Status.DONE, outcome
         assert sorted(p.name for p in (tmp_path / "in").glob("sub-01_T2w_*.nii.gz")) == sorted(
-            f"sub-01_T2w_{k}.nii.gz" for k in [*(f"seg-{c}" for c in CLASSES), "seg-cord", "cropbox"])
+            f"sub-01_T2w_{k}.nii.gz" for k in (f"seg-{c}" for c in CLASSES))
+        assert sorted(p.name for p in (tmp_path / "qc").glob("*.nii.gz")) == ["sub-01_T2w_cropbox.nii.gz", "sub-01_T2w_seg-cord.nii.gz"]
         names = [o.name for o in overlays]
         assert names[:3] == ["old_mask", "sub-01_T1w", "sub-01_T2w"] and names[-1] == "sub-01_T2w_seg-tumor"
         check_overlays(display_ctx, loaded)
         assert nib.load(outcome.outputs["seg-tumor"]).get_fdata().sum() > 0
+        assert action.last_summary.startswith("tumor: ") and "vertebral levels: unknown" in action.last_summary
         again, _ = action.run_blocking(request, timeout=120)  # a second run replaces the overlays
         assert again.status is Status.DONE and [o.name for o in overlays] == names
     finally:

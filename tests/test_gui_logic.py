@@ -101,10 +101,10 @@ def test_form_values_become_the_command_line_and_back(task, tmp_path):
     assert logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), defaults, specs) == \
         [outputs.DEFAULT_TASK, "-i", "a.nii.gz", "b.nii.gz"]
     values = {"threshold.edema": 0.35, "fill_holes.tumor": True, "min_volume_cm3.cavity": 0.125, "soft": True,
-              "qc": True, "out_dir": f" {tmp_path} ", "threads": 2}
+              "qc": str(tmp_path / "qc"), "out_dir": f" {tmp_path} ", "threads": 2}
     params = logic.parse_values(fields, values)
     args = logic.command_args(outputs.DEFAULT_TASK, Path("a.nii.gz"), Path("b.nii.gz"), params, specs)
-    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125", "-soft", "-qc",
+    assert args[4:] == ["-thr", "edema=0.35", "-fill-holes", "tumor=1", "-remove-small", "cavity=0.125cm3", "-soft", "-qc", str(tmp_path / "qc"),
                         "-o", str(tmp_path), "-threads", "2"]
     parsed = cli.build_parser(specs, task.classes()).parse_args(args)
     assert convert_all(specs, task.classes(), cli.user_values(parsed, specs, task.classes())) == params  # the round trip
@@ -118,13 +118,15 @@ def test_same_file_twice_is_refused():
 
 # --- outputs and overlays ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("qc", [False, True])
-def test_expected_outputs_are_what_the_pipeline_writes(registry, tmp_path, qc):
+@pytest.mark.parametrize("report", [False, True])
+def test_expected_outputs_are_what_the_pipeline_writes(registry, tmp_path, report):
     from deepseg_imsct.pipeline import Predictor
 
     t2, t1 = write_case(tmp_path / "in")
+    qc = tmp_path / "qc" if report else None
     written = Predictor(registry=None).run_files(t2, t1, tmp_path / "out", qc=qc)
-    assert logic.expected_outputs(t2, tmp_path / "out", CLASSES, qc) == written
+    images = {key: path for key, path in written.items() if path.name.endswith(".nii.gz")}  # the overlays
+    assert logic.expected_outputs(t2, tmp_path / "out", CLASSES, qc) == images
     assert logic.expected_outputs(t2, None, CLASSES, qc)["seg-tumor"] == tmp_path / "in" / "sub-01_T2w_seg-tumor.nii.gz"
 
 
@@ -165,11 +167,11 @@ def test_the_gui_run_writes_what_the_task_run_writes(registry, task, tmp_path):
     outcome = run.wait(120)
     assert outcome is not None and outcome.status is runner.Status.DONE, outcome
     expected = task.run({"t2": t2, "t1": t1}, {**request.params, "out_dir": tmp_path / "api"})
-    assert set(outcome.outputs) == set(expected)
+    assert set(outcome.outputs) == set(expected) - {outputs.STATS}  # the overlays
     for key, path in outcome.outputs.items():
         np.testing.assert_array_equal(nib.load(path).get_fdata(), nib.load(expected[key]).get_fdata())
     sidecar = outputs.sidecar_path(path).read_text()
-    assert '"CommandLine": "imsct_deepseg seg_tumor-edema-cavity_t1-t2 -i ' in sidecar
+    assert '"CommandLine": "imsct_deepseg tumor_edema_cavity_t1_t2 -i ' in sidecar
     api = json.loads(outputs.sidecar_path(expected[key]).read_text())
     assert json.loads(sidecar)["Postprocessing"] == api["Postprocessing"]  # the same settings, through both paths
     assert api["Postprocessing"]["classes"]["tumor"]["threshold"] == 0.3
@@ -275,3 +277,31 @@ def test_the_gui_package_imports_no_wx():
     code = ("import sys, deepseg_imsct, deepseg_imsct.gui.logic, deepseg_imsct.gui.runner, deepseg_imsct.gui.launcher, "
             "deepseg_imsct.cli; assert not {'wx', 'fsleyes'} & set(sys.modules), sorted(sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True).stderr == ""
+
+
+# --- statistics shown after a run ----------------------------------------------------------------
+
+def test_the_statistics_of_a_run_are_read_and_summarized(registry, tmp_path, task):
+    t2, t1 = write_case(tmp_path / "in")
+    fields = logic.form_fields(task.parameters(), task.classes())
+    request = Request(t2, t1, logic.parse_values(fields, {"out_dir": str(tmp_path / "out" / "case.nii.gz")}),
+                      task.parameters(), task.classes())
+    assert request.stats_file() == tmp_path / "out" / "case_stats.json"  # -o as a file name names the outputs
+    run = runner.CommandRun(request.args(), request.outputs()).start()
+    assert run.wait(120).status is runner.Status.DONE
+    stats = logic.read_stats(request.stats_file())
+    summary = logic.stats_summary(stats).splitlines()
+    tumor = stats["Classes"]["tumor"]
+    assert summary[0].startswith(f"tumor: {tumor['volume_cm3']:.3f} cm³ ({tumor['volume_mm3']:.0f} mm³) in 1 component; largest ")
+    assert summary[-1].startswith("cord: ") and summary[-1].endswith("vertebral levels: unknown")
+    soft = Request(t2, t1, logic.parse_values(fields, {"threshold.tumor": 0, "threshold.edema": 0, "threshold.cavity": 0,
+                                                        "threshold.whole-tumor": 0}), task.parameters(), task.classes())
+    assert soft.soft and soft.stats_file() is None
+    assert logic.stats_summary(logic.read_stats(None)).startswith("No statistics (soft output")
+
+
+def test_an_absent_class_is_summarized_as_none():
+    stats = {"Classes": {"cavity": {"volume_mm3": 0.0, "volume_cm3": 0.0, "n_components": 0, "components": []}},
+             "Cord": {"found": False, "length_mm": 120.0}, "VertebralLevels": "unknown"}
+    assert logic.stats_summary(stats).splitlines() == [
+        "cavity: none", "cord: 120 mm (not found: positions from the top of the image); vertebral levels: unknown"]

@@ -134,7 +134,7 @@ def _command(args: list[str], registry: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("option, message", [
     (["-threads", "99999999999"], "-threads must be from 0 to 1024 (0 lets ONNX Runtime use the physical cores)"),
-    (["-remove-small", "1e400"], "-remove-small: 1e400 is not a volume from 0 to 1000 cm³"),
+    (["-remove-small", "1e400cm3"], "-remove-small: 1e400cm3 is not a volume from 0 to 1000 cm³"),
     (["-remove-small", "edema=1e999mm3"], "-remove-small: 1e999mm3 is not a volume from 0 to 1000 cm³"),
 ])
 def test_out_of_range_options_are_one_line_and_exit_2_in_a_real_process(tmp_path, registry_path, option, message):
@@ -235,8 +235,10 @@ def test_outputs_carry_no_header_extension_or_text_of_the_inputs(predictor, tmp_
     (tmp_path / "in").mkdir()
     nib.save(t2_image, tmp_path / "in" / "s_T2w.nii.gz")
     nib.save(t1_image, tmp_path / "in" / "s_T1w.nii.gz")
-    paths = predictor.run_files(tmp_path / "in" / "s_T2w.nii.gz", tmp_path / "in" / "s_T1w.nii.gz", tmp_path / "out", qc=True)
-    for path in paths.values():
+    paths = predictor.run_files(tmp_path / "in" / "s_T2w.nii.gz", tmp_path / "in" / "s_T1w.nii.gz", tmp_path / "out", qc=tmp_path / "qc")
+    for path in [paths["stats"], paths["stats"].with_suffix(".json")]:
+        assert b"DOE" not in path.read_bytes(), path
+    for path in (p for p in paths.values() if p.name.endswith(".nii.gz")):
         raw = gzip.decompress(path.read_bytes())
         assert b"DOE" not in raw, path
         header = nib.load(path).header

@@ -40,3 +40,15 @@ def test_every_output_has_a_colour_and_a_place_in_the_draw_order():
     assert set(keys) == set(outputs.COLOURS) == set(outputs.COLOUR_MAPS) == set(outputs.DRAW_ORDER)
     assert sorted(keys, key=outputs.draw_rank)[-1] == "seg-tumor"  # drawn on top
     assert len(set(outputs.COLOURS.values())) == len(keys)
+
+
+def test_o_as_a_file_name_names_the_outputs_as_sct_deepseg_does():
+    assert outputs.output_paths("in/x_T2w.nii.gz", "out/lesion.nii.gz", ["seg-tumor", outputs.STATS]) == {
+        "seg-tumor": Path("out/lesion_seg-tumor.nii.gz"), outputs.STATS: Path("out/lesion_stats.tsv")}
+    assert outputs.output_paths("in/x_T2w.nii.gz", "out/lesion.nii", ["seg-edema"])["seg-edema"] == Path("out/lesion_seg-edema.nii.gz")
+    assert outputs.output_paths("in/x_T2w.nii.gz", "out/v1.0", ["seg-edema"])["seg-edema"] == Path("out/v1.0/x_T2w_seg-edema.nii.gz")
+
+
+def test_the_statistics_table_has_its_json_as_sidecar():
+    assert outputs.sidecar_path(Path("o/x_T2w_stats.tsv")) == Path("o/x_T2w_stats.json")
+    assert outputs.sidecar_path(Path("o/x_T2w_seg-tumor.nii.gz")) == Path("o/x_T2w_seg-tumor.json")

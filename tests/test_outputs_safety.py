@@ -124,7 +124,7 @@ def test_the_python_api_has_the_option(case):
     (out / "sub-01_T2w_seg-cavity.json").write_text("{}")
     with pytest.raises(DeepsegError, match="was not written by imsct_deepseg"):
         pipeline.segment_files(t2, t1, out)
-    assert set(pipeline.segment_files(t2, t1, out, overwrite=True)) == {f"seg-{c}" for c in ("tumor", "edema", "cavity", "whole-tumor")}
+    assert set(pipeline.segment_files(t2, t1, out, overwrite=True)) == {*(f"seg-{c}" for c in ("tumor", "edema", "cavity", "whole-tumor")), "stats"}
     assert_complete_set(out)
 
 

@@ -26,9 +26,9 @@ def test_defaults_come_from_the_registry_entry():
 
 def test_overrides_one_value_or_per_class():
     settings = configure(MODEL, {"threshold": 0.4, "min_volume_cm3": {"edema": 1.0}, "fill_holes": {"tumor": False},
-                                 "soft": True, "qc": True, "out_dir": " out ", "threads": 3})
+                                 "soft": True, "qc": "qc", "out_dir": " out ", "threads": 3})
     assert settings.post.classes == {"tumor": ClassPost(0.4, False, 0.2), "edema": ClassPost(0.4, True, 1.0)}
-    assert settings.post.soft and settings.qc and settings.out_dir == Path("out") and settings.runtime.threads == 3
+    assert settings.post.soft and settings.qc == Path("qc") and settings.out_dir == Path("out") and settings.runtime.threads == 3
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,10 @@ def test_overrides_one_value_or_per_class():
      ({"threshold": 1.5}, r"threshold of tumor: threshold 1.5 is not a probability in \[0, 1\]"),
      ({"threshold": float("nan")}, "not a probability"),
      ({"min_volume_cm3": -1}, r"min_volume_cm3 of tumor: -1 is not a volume from 0 to 1000 cm³"),
-     ({"min_volume_cm3": "0.2vox"}, "'0.2vox' is not a volume"),
+     ({"min_volume_cm3": "0.2vox"}, "'0.2vox' is not a whole number of voxels"),
+     ({"min_volume_cm3": "0.2"}, "'0.2' has no unit: write 0.2cm3, 0.2mm3 or 0.2vox"),
+     ({"min_volume_cm3": "0.2 litres"}, r"'0.2 litres' is not a volume \(write it with a unit: 0.2cm3, 200mm3 or 100vox\)"),
+     ({"threshold": {"edema": 0}}, "threshold: threshold 0 .* applies to every class, not only edema: give 0 alone"),
      ({"fill_holes": "yes"}, "'yes' is not 0 or 1"),
      ({"threads": -1}, r"threads must be from 0 to 1024 \(0 lets ONNX Runtime use the physical cores\)"),
      ({"threads": "many"}, "threads: 'many' is not a whole number"),
@@ -48,10 +51,23 @@ def test_bad_values_are_refused_with_the_fix(values, message):
         configure(MODEL, values)
 
 
-@pytest.mark.parametrize("text,cm3", [("0.2", 0.2), ("200mm3", 0.2), ("1cm3", 1.0), (" 5e2 mm3 ", 0.5), (".5", 0.5)])
+@pytest.mark.parametrize("text,cm3", [("200mm3", 0.2), ("1cm3", 1.0), (" 5e2 mm3 ", 0.5), (".5cm3", 0.5), (0.3, 0.3)])
 def test_volumes_as_text_take_units(text, cm3):
     spec = next(s for s in parameters(MODEL.postprocessing) if s.name == "min_volume_cm3")
     assert spec.kind is ParamKind.VOLUME and spec.convert(text, "-remove-small") == pytest.approx(cm3)
+
+
+def test_volumes_in_voxels_are_kept_as_voxels():
+    settings = configure(MODEL, {"min_volume_cm3": {"edema": "100vox"}})
+    assert settings.post.classes["edema"] == ClassPost(0.3, True, 0.0, 100)
+    assert settings.post.classes["edema"].min_volume_mm3(0.5) == 50.0
+    assert settings.post.classes["tumor"].min_volume_mm3(0.5) == pytest.approx(200.0)  # 0.2 cm³ from the registry
+
+
+def test_threshold_zero_for_every_class_means_soft_output():
+    assert configure(MODEL, {"threshold": 0}).post.soft
+    assert configure(MODEL, {"threshold": {"tumor": 0, "edema": 0.0}}).post.soft
+    assert not configure(MODEL, {"threshold": 0.01}).post.soft
 
 
 def test_every_parameter_is_a_command_option_and_a_form_label():
@@ -64,7 +80,7 @@ def test_every_parameter_is_a_command_option_and_a_form_label():
 
 def test_help_shows_the_registry_defaults_per_class():
     help_text = " ".join(cli.build_parser(parameters(MODEL.postprocessing), MODEL.classes).format_help().split())
-    assert "(default: tumor 0.7, edema 0.3)" in help_text and "(default: tumor 0.2, edema 0.5)" in help_text
+    assert "(default: tumor 0.7, edema 0.3)" in help_text and "(default: tumor 0.2, edema 0.5 cm³)" in help_text
     assert "(default: 1)" in help_text  # fill holes: the same for every class
 
 
@@ -88,7 +104,7 @@ def test_command_text_goes_through_the_same_translator():
     values = cli.user_values(args, parameters(MODEL.postprocessing), MODEL.classes)
     assert convert_all(parameters(MODEL.postprocessing), MODEL.classes, values) == {
         "threshold": {"tumor": 0.7, "edema": 0.45}, "fill_holes": {"tumor": False, "edema": True},
-        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": False, "out_dir": None, "overwrite": False,
+        "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": None, "out_dir": None, "overwrite": False,
         "threads": 2}
 
 

@@ -56,7 +56,10 @@ def test_masks_are_on_the_t2w_grid_and_right_in_scanner_space(predictor, axcodes
     assert result.cord_found
     box = np.asanyarray(result.box.dataobj) > 0
     assert box[truth].all()  # the crop contains the lesion
-    assert list(result.timings) == ["resample", "localize", "crop", "segment", "resample_back", "postprocess"]
+    assert list(result.timings) == ["resample", "localize", "crop", "segment", "resample_back", "postprocess", "stats"]
+    voxel_mm3 = float(np.prod(zooms))
+    assert result.stats["Classes"]["tumor"]["volume_mm3"] == pytest.approx(tumor.sum() * voxel_mm3, abs=1e-3)
+    assert result.stats["Classes"]["tumor"]["n_components"] == 1 and result.stats["Cord"]["found"]
 
 
 def test_each_intermediate_is_computed_once(predictor, monkeypatch):
@@ -138,11 +141,17 @@ def write_case(folder: Path, **kwargs) -> tuple[Path, Path]:
 def test_run_files_writes_named_outputs_with_sidecars_and_leaves_inputs_alone(predictor, tmp_path):
     t2, t1 = write_case(tmp_path / "in")
     before = (sha(t2), sha(t1))
-    paths = predictor.run_files(t2, t1, qc=True)
+    paths = predictor.run_files(t2, t1, qc=tmp_path / "qc")
     assert (sha(t2), sha(t1)) == before
     names = sorted(p.name for p in (tmp_path / "in").iterdir() if p.name != outputs.LOCK_NAME)
-    expected = [f"sub-01_T2w_{k}.{e}" for k in ("cropbox", "seg-cavity", "seg-cord", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
-    assert names == sorted(expected + ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"])
+    expected = [f"sub-01_T2w_{k}.{e}" for k in ("seg-cavity", "seg-edema", "seg-tumor", "seg-whole-tumor") for e in ("json", "nii.gz")]
+    assert names == sorted(expected + ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz", "sub-01_T2w_stats.json", "sub-01_T2w_stats.tsv"])
+    assert {p.name for p in (tmp_path / "qc").glob("*.nii.gz")} == {"sub-01_T2w_seg-cord.nii.gz", "sub-01_T2w_cropbox.nii.gz"}
+    stats = json.loads((tmp_path / "in" / "sub-01_T2w_stats.json").read_text())
+    assert stats["Statistics"] == paths.stats and stats["OutputSha256"] == sha(paths["stats"])
+    header, row = paths["stats"].read_text().splitlines()
+    columns = dict(zip(header.split("\t"), row.split("\t")))
+    assert columns["subject"] == "sub-01_T2w" and float(columns["tumor_volume_mm3"]) == paths.stats["Classes"]["tumor"]["volume_mm3"] > 0
     sidecar = json.loads(paths["seg-tumor"].with_name("sub-01_T2w_seg-tumor.json").read_text())
     assert sidecar["GeneratedBy"][0]["Models"]["seg"]["version"] == "1.0"
     assert sidecar["Postprocessing"]["classes"]["edema"]["threshold"] == 0.5

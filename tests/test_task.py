@@ -13,17 +13,18 @@ from test_pipeline import write_case
 
 def test_the_task_is_discoverable_through_its_entry_point():
     tasks = discover_tasks()
-    assert tasks["seg_tumor-edema-cavity_t1-t2"] == TUMOR_EDEMA_CAVITY
+    assert tasks["tumor_edema_cavity_t1_t2"] == TUMOR_EDEMA_CAVITY  # sct_deepseg's current name
+    assert tasks["seg_tumor-edema-cavity_t1-t2"] == TUMOR_EDEMA_CAVITY  # the older name, an alias
 
 
 @pytest.fixture
 def task(tmp_path) -> Task:
     seg_post = {c: {"threshold": 0.5, "fill_holes": True, "min_volume_cm3": v} for c, v in zip(CLASSES, [0.2, 0.5, 0.5, 0.2])}
-    return Task("seg_tumor-edema-cavity_t1-t2", write_registry(tmp_path / "models", seg_post=seg_post))
+    return Task("tumor_edema_cavity_t1_t2", write_registry(tmp_path / "models", seg_post=seg_post))
 
 
 def test_task_describes_itself_from_the_registry(task):
-    assert task.aliases == ("tumor_edema_cavity_t1_t2",)
+    assert task.aliases == ("seg_tumor-edema-cavity_t1-t2",)
     assert task.contrasts == ("t2", "t1")
     assert task.models == ("loc", "seg")
     assert task.output_suffixes()["whole-tumor"] == "_seg-whole-tumor"

@@ -29,6 +29,11 @@ def show_error(parent: wx.Window | None, message: str) -> None:
     wx.MessageBox(message, TITLE, wx.OK | wx.ICON_ERROR, parent)
 
 
+def show_info(parent: wx.Window | None, title: str, message: str) -> None:
+    """A message box with the run's statistics (after the overlays are loaded)."""
+    wx.MessageBox(message, title, wx.OK | wx.ICON_INFORMATION, parent)
+
+
 def _number_widget(parent: wx.Window, field: Field) -> wx.Window:
     if field.kind is ParamKind.INT:
         high = int(field.maximum) if field.maximum is not None else 1024
@@ -47,7 +52,8 @@ class _PathWidget(wx.Panel):
     def __init__(self, parent: wx.Window, field: Field):
         super().__init__(parent)
         self.text = wx.TextCtrl(self, value=str(field.default or ""), size=(320, -1))
-        self.text.SetHint("default: the T2w's folder")
+        self.text.SetHint("default: the T2w's folder" if field.param == "out_dir" else "empty: none")
+        self.title = field.label
         browse = wx.Button(self, label="Browse…")
         browse.Bind(wx.EVT_BUTTON, self._browse)
         sizer = wx.BoxSizer(wx.HORIZONTAL)
@@ -56,7 +62,7 @@ class _PathWidget(wx.Panel):
         self.SetSizer(sizer)
 
     def _browse(self, _event: wx.CommandEvent) -> None:
-        with wx.DirDialog(self, "Output folder", self.text.GetValue()) as chooser:
+        with wx.DirDialog(self, self.title, self.text.GetValue()) as chooser:
             if chooser.ShowModal() == wx.ID_OK:
                 self.text.SetValue(chooser.GetPath())
 

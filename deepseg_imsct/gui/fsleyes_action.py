@@ -32,6 +32,8 @@ from .logic import (
     load_order,
     overlay_settings,
     parse_values,
+    read_stats,
+    stats_summary,
 )
 from .runner import CommandRun, Outcome, Status
 
@@ -59,6 +61,7 @@ class SegmentTumorAction(Action):
         super().__init__(overlayList, displayCtx, self._segment, name="segmentSpinalCordTumor")
         self._frame = frame
         self._run: CommandRun | None = None
+        self.last_summary = ""  # the last run's statistics as text (gui.logic.stats_summary)
         overlayList.addListener("overlays", self.name, self._update_enabled)
         self._update_enabled()
 
@@ -124,6 +127,8 @@ class SegmentTumorAction(Action):
             self.overlayList.append(image, **overlay_settings(key, request.soft))
             loaded.append(image)
         log.info("loaded %d overlays: %s", len(loaded), ", ".join(i.name for i in loaded))
+        self.last_summary = stats_summary(read_stats(request.stats_file()))
+        log.info("%s", self.last_summary)
         return loaded
 
     # --- the GUI ------------------------------------------------------------------------------
@@ -172,4 +177,5 @@ class SegmentTumorAction(Action):
             dialog.show_error(self._frame, outcome.message)
         elif outcome.status is Status.CANCELLED:
             log.info("%s", outcome.message)
-        self.complete(request, outcome)
+        if self.complete(request, outcome):
+            dialog.show_info(self._frame, "Lesion statistics", self.last_summary)

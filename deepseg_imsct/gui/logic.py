@@ -5,7 +5,8 @@
   and its values turned into the task's parameters (:func:`parse_values`) and into the
   ``imsct_deepseg`` command line that runs them (:func:`command_args`);
 - where the command writes its outputs (:func:`expected_outputs`) and how each output is shown
-  as an overlay (:func:`overlay_settings`, :func:`load_order`).
+  as an overlay (:func:`overlay_settings`, :func:`load_order`);
+- the run's lesion statistics as text shown after it (:func:`read_stats`, :func:`stats_summary`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from .. import outputs
 from ..errors import DeepsegError
-from ..params import ParamKind, ParamSpec
+from ..params import ParamKind, ParamSpec, Voxels
 
 MENU_LABEL = "Segment spinal cord tumor (T2w + T1w)…"  # the fsleyes_tools entry-point name in setup.cfg
 LAYOUT_NAME = "imsct"  # the fsleyes_layouts entry-point name in setup.cfg
@@ -151,10 +152,13 @@ def parse_values(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str
     return params
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, kind: ParamKind | None = None) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, Voxels):
+        return f"{value.count}vox"
+    text = repr(float(value)) if isinstance(value, float) else str(value)
+    return f"{text}cm3" if kind is ParamKind.VOLUME else text  # the command wants a volume's unit
 
 
 def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs: Sequence[ParamSpec]) -> list[str]:
@@ -167,7 +171,7 @@ def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs
             raise DeepsegError(f"the task has no parameter '{name}'")
         option, default = by_name[name].option, by_name[name].default
         if isinstance(value, Mapping):
-            changed = [f"{c}={_text(v)}" for c, v in value.items() if v != (default or {}).get(c)]
+            changed = [f"{c}={_text(v, by_name[name].kind)}" for c, v in value.items() if v != (default or {}).get(c)]
             args += [option, *changed] if changed else []
         elif isinstance(value, bool):
             args += [option] if value else []
@@ -176,9 +180,41 @@ def command_args(task: str, t2: Path, t1: Path, params: Mapping[str, Any], specs
     return args
 
 
-def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: bool) -> dict[str, Path]:
-    """{output key: path} that the command writes (:mod:`deepseg_imsct.outputs` names them)."""
-    return outputs.output_paths(t2, out_dir, outputs.output_keys(classes, qc))
+def expected_outputs(t2: Path, out_dir: Path | None, classes: Sequence[str], qc: Path | None) -> dict[str, Path]:
+    """{output key: path} of the images the command writes (:mod:`deepseg_imsct.outputs` names
+    them): the classes' masks, and with a QC report folder the cord mask and crop box in it."""
+    paths = outputs.output_paths(t2, out_dir, outputs.output_keys(classes, False))
+    return {**paths, **(outputs.output_paths(t2, qc, outputs.QC_KEYS) if qc else {})}
+
+
+def read_stats(path: Path | None) -> dict | None:
+    """The ``Statistics`` of a run's ``_stats.json`` (None: no such file, e.g. soft output)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["Statistics"] if path else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stats_summary(stats: Mapping[str, Any] | None) -> str:
+    """Lesion statistics as a few lines of text: per class volume, components and the largest's
+    length along the cord and position."""
+    if not stats:
+        return "No statistics (soft output: probabilities are not masks)."
+    lines = []
+    for name, c in stats["Classes"].items():
+        if not c["n_components"]:
+            lines.append(f"{name}: none")
+            continue
+        big = c["components"][0]
+        lines.append(f"{name}: {c['volume_cm3']:.3f} cm³ ({c['volume_mm3']:.0f} mm³) in {c['n_components']} "
+                     f"component{'s' if c['n_components'] > 1 else ''}; largest {big['extent_along_cord_mm']:.1f} mm along the cord, "
+                     f"{big['max_axial_area_mm2']:.1f} mm² axial, {big['from_top_mm']:.0f} mm below the cord's top")
+    cord = stats["Cord"]
+    lines.append(f"cord: {cord['length_mm']:.0f} mm{'' if cord['found'] else ' (not found: positions from the top of the image)'}; "
+                 f"vertebral levels: {stats.get('VertebralLevels', 'unknown')}")
+    return "\n".join(lines)
 
 
 def overlay_settings(key: str, soft: bool) -> dict[str, Any]:
@@ -216,8 +252,17 @@ class Request:
         return command_args(self.task, self.t2, self.t1, self.params, self.specs)
 
     def outputs(self) -> dict[str, Path]:
-        return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, bool(self.params.get("qc")))
+        return expected_outputs(self.t2, self.params.get("out_dir"), self.classes, self.params.get("qc"))
+
+    def stats_file(self) -> Path | None:
+        """The run's ``_stats.json`` (None for soft output, which has none)."""
+        if self.soft:
+            return None
+        return outputs.sidecar_path(outputs.output_paths(self.t2, self.params.get("out_dir"), [outputs.STATS])[outputs.STATS])
 
     @property
     def soft(self) -> bool:
-        return bool(self.params.get("soft"))
+        """Probabilities are written: -soft, or threshold 0 for every class (sct_deepseg's -thr 0)."""
+        thresholds = self.params.get("threshold")
+        return bool(self.params.get("soft")) or (isinstance(thresholds, Mapping) and bool(thresholds)
+                                                  and all(t == 0 for t in thresholds.values()))
