@@ -49,10 +49,9 @@ class Job:
     subject: Subject
     out_dir: Path
     post: PostprocessConfig
-    qc: bool = False
+    qc: Path | None = None  # the cohort's QC report folder: every subject adds itself to its index
     command: str | None = None
     overwrite: bool = False
-    qc_folder: Path | None = None  # the cohort's QC report folder, for :func:`after_subject`
 
 
 @dataclass
@@ -87,7 +86,6 @@ def run_job(setup: ModelSetup, job: Job) -> Outcome:
     subject = job.subject
     try:
         paths = predictor_for(setup).run_files(subject.t2, subject.t1, job.out_dir, job.post, job.qc, job.command, job.overwrite)
-        after_subject(job, paths)
     except DeepsegError as exc:
         return Outcome(subject.subject, subject.session, Status.FAILED, time.perf_counter() - t0, str(exc))
     except Exception as exc:  # noqa: BLE001 - one subject's bug must not stop the cohort
@@ -95,13 +93,6 @@ def run_job(setup: ModelSetup, job: Job) -> Outcome:
         return Outcome(subject.subject, subject.session, Status.FAILED, time.perf_counter() - t0,
                        f"{type(exc).__name__}: {exc}".replace("\n", " "))
     return Outcome(subject.subject, subject.session, Status.DONE, time.perf_counter() - t0)
-
-
-def after_subject(job: Job, paths: Mapping[str, Path]) -> None:
-    """Per-subject reports, once its outputs (``paths``: {key: path}) are written: the place where
-    a subject's statistics (``<T2w name>_stats.json`` next to the outputs) and its entry in the QC
-    report (``job.qc_folder``) are produced. Nothing yet; :func:`collect_statistics` gathers the
-    statistics files that exist."""
 
 
 # ----------------------------------------------------------------------------- planning
@@ -124,7 +115,7 @@ def up_to_date(job: Job, models: Mapping[str, Any]) -> bool:
     post = json.loads(json.dumps(job.post.as_dict()))
     if (job.out_dir / JOURNAL_NAME).exists():  # a killed writer's set: rolled back at the next write
         return False
-    for image in output_paths(job.subject.t2, job.out_dir, output_keys(models["classes"], job.qc)).values():
+    for image in output_paths(job.subject.t2, job.out_dir, output_keys(models["classes"], False)).values():
         try:
             data = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
             made = data["GeneratedBy"][0]
@@ -156,7 +147,6 @@ class BatchOptions:
     num_parts: int = 1
     part_id: int = 0
     dask: str | None = None  # a dask.distributed scheduler address
-    qc_folder: Path | None = None  # the QC report's folder (passed on; reports come with the statistics)
     progress: bool = True
     command: str | None = None
 
@@ -197,7 +187,7 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
             status.add(Outcome(problem.subject, problem.session, Status.MISSING, error=problem.reason))
         jobs = []
         for subject in (e for e in entries if isinstance(e, Subject)):
-            job = Job(subject, subject.anat(out), settings.post, settings.qc, options.command, settings.overwrite, options.qc_folder)
+            job = Job(subject, subject.anat(out), settings.post, settings.qc, options.command, settings.overwrite)
             if up_to_date(job, models):
                 status.add(Outcome(subject.subject, subject.session, Status.SKIPPED))
             else:

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 from .bids import Subject
 from .errors import DeepsegError
+from .outputs import nifti_stem
+from .stats import stats_row
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,8 @@ class StatusWriter:
 
 def collect_statistics(out: Path, subjects: Iterable[Subject]) -> Path | None:
     """The cohort's statistics: every subject's ``*_stats.json`` found next to its outputs, one
-    row each (nested keys joined with '.'), in ``out/stats.tsv`` (replaced atomically). None
-    when no subject has one."""
+    row each (the columns of a run's ``_stats.tsv``: :func:`stats.stats_row`, with the subject,
+    session and scan), in ``out/stats.tsv`` (replaced atomically). None when no subject has one."""
     rows = []
     for subject in subjects:
         for path in sorted(subject.anat(out).glob(STATS_GLOB)):
@@ -84,7 +86,13 @@ def collect_statistics(out: Path, subjects: Iterable[Subject]) -> Path | None:
             except (OSError, ValueError) as exc:
                 log.warning("statistics %s unreadable (%s): left out of %s", path, exc, STATS_TABLE)
                 continue
-            rows.append({"subject": subject.subject, "session": subject.session or "n/a", **_flat(data)})
+            try:
+                row = stats_row(data["Statistics"], nifti_stem(path)[: -len("_stats")])
+            except (KeyError, IndexError, TypeError):
+                log.warning("statistics %s not in this version's layout: left out of %s", path, STATS_TABLE)
+                continue
+            scan = row.pop("subject")
+            rows.append({"subject": subject.subject, "session": subject.session or "n/a", "scan": scan, **row})
     if not rows:
         return None
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -100,12 +108,3 @@ def collect_statistics(out: Path, subjects: Iterable[Subject]) -> Path | None:
         os.unlink(tmp)
         raise
     return target
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix or "value": data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return {k.rstrip("."): v for k, v in flat.items()}

@@ -265,14 +265,24 @@ def runtime_threads(out: Path) -> int:
     return json.loads((out / "sub-00" / "anat" / "sub-00_T2w_seg-tumor.json").read_text())["Runtime"]["threads"]
 
 
-def test_cohort_statistics_are_collected(dataset, tmp_path):
-    out = tmp_path / "deriv"
-    run_batch(dataset, out, options=BatchOptions(progress=False))
-    for i, sub in enumerate(("sub-00", "sub-02")):  # what a statistics step writes next to the outputs
-        (out / sub / "anat" / f"{sub}_T2w_stats.json").write_text(json.dumps({"tumor": {"volume_cm3": 1.5 + i}, "cord_found": True}))
-    result = run_batch(dataset, out, options=BatchOptions(progress=False))
+def test_cohort_statistics_and_qc_report_gather_every_subject(dataset, tmp_path):
+    """stats.tsv: one row per subject, the row each run wrote in its own _stats.tsv (plus subject,
+    session, scan); -qc: one report folder whose index lists every subject."""
+    out, qc = tmp_path / "deriv", tmp_path / "qc"
+    result = run_batch(dataset, out, {"qc": qc}, options=BatchOptions(progress=False))
     lines = result.stats_file.read_text().splitlines()
-    assert lines == ["subject\tsession\ttumor.volume_cm3\tcord_found", "sub-00\tn/a\t1.5\tTrue", "sub-02\tn/a\t2.5\tTrue"]
+    header = lines[0].split("\t")
+    assert header[:3] == ["subject", "session", "scan"]
+    own_files = {p.name[: -len("_stats.tsv")]: p for p in out.rglob("*_stats.tsv")}
+    subjects = sorted(p.name for p in out.glob("sub-*"))
+    assert sorted({line.split("\t")[0] for line in lines[1:]}) == subjects and len(subjects) >= 2
+    assert sorted(line.split("\t")[2] for line in lines[1:]) == sorted(own_files) and len(own_files) > len(subjects)
+    for line in lines[1:]:
+        own = own_files[line.split("\t")[2]].read_text().splitlines()
+        assert own[0].split("\t") == ["subject", *header[3:]]  # the same columns as a single run's
+        assert own[1].split("\t")[1:] == line.split("\t")[3:]
+    index = (qc / "index.html").read_text()
+    assert all(scan in index for scan in own_files)
 
 
 def test_command_errors_are_one_line(dataset, tmp_path, capsys):
