@@ -295,5 +295,7 @@ def test_tuning_an_exclusive_model_post_processes_the_classes_together():
                                 for c in probs}, 1.0)
     config = {c: ClassPost(0.5, True, 0.0) for c in probs}
     assert np.array_equal(class_mask(exclusive, "tumor", config, exclusive=True), case.truth["tumor"])  # 0.63 >= 0.5
-    assert not class_mask(exclusive, "tumor", config | {"tumor": ClassPost(0.7, True, 0.0)}, exclusive=True).any()
     assert not class_mask(exclusive, "edema", config, exclusive=True).any()
+    edema_weighted = config | {"edema": ClassPost(0.1, True, 0.0)}  # 0.18 / 0.1 > 0.63 / 0.5: edema takes the lesion
+    assert np.array_equal(class_mask(exclusive, "edema", edema_weighted, exclusive=True), case.truth["tumor"])
+    assert not class_mask(exclusive, "tumor", edema_weighted, exclusive=True).any()
