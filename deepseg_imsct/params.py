@@ -182,6 +182,11 @@ def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_n
     from .postprocess import ClassPost, PostprocessConfig
 
     v = convert_all(parameters(model.postprocessing), model.classes, values, naming)
-    post = PostprocessConfig({c: ClassPost(v["threshold"][c], v["fill_holes"][c], v["min_volume_cm3"][c]) for c in model.classes},
-                             soft=bool(v["soft"]))
+    given = values.get("min_volume_cm3")  # a user's minimum volume replaces the registry's minimum voxel count
+    replaced = set() if given is None else set(given) if isinstance(given, Mapping) else set(model.classes)
+    sem = model.semantics
+    post = PostprocessConfig({c: ClassPost(v["threshold"][c], v["fill_holes"][c], v["min_volume_cm3"][c],
+                                           0 if c in replaced else model.postprocessing[c].min_voxels,
+                                           sem.postprocess_order.value == "remove_then_fill", sem.hole_connectivity)
+                              for c in model.classes}, soft=bool(v["soft"]))
     return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]))

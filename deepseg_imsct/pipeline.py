@@ -26,12 +26,12 @@ from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
-from .localize import box_for_mask, localize, localizer_block, on_block
+from .localize import crop_for, localize, localizer_block, on_block
 from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import ModelSpec, Registry, load_registry
-from .resample_back import localization_masks, native_block, reach_box
+from .resample_back import localization_masks, native_block, native_values, reach_box
 from .segment import model_input, n_windows, sliding_window
 from .transaction import check_outputs
 
@@ -66,13 +66,14 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
-                 timings: dict[str, float], exclusive: bool = False) -> dict[str, nib.Nifti1Image]:
+                 timings: dict[str, float], exclusive: bool = False, spec: ModelSpec | None = None) -> dict[str, nib.Nifti1Image]:
     """The segmenter's (K, *crop_grid.shape) probabilities back on the T2w grid, one image per class.
 
     Masks are resampled only where their class's threshold can be reached (:func:`reach_box`) and
     post-processed on that block, whose border then acts as the image's: the same result as on
     the whole grid, since the mask is empty outside the block. Soft outputs (probabilities) cover
-    the crop's whole footprint. Zero elsewhere. ``exclusive`` (a softmax model, the last class
+    the crop's whole footprint. Zero elsewhere. ``spec``: the segmenter, whose semantics say how
+    to go back (:func:`native_values`). ``exclusive`` (a softmax model, the last class
     the union): every class on the union's block, post-processed together
     (:func:`postprocess_exclusive`).
     """
@@ -88,8 +89,8 @@ def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequen
             return {name: mask_image(uncrop(masks[name], start, grid.shape, order="F"), t2.image) for name in classes}
     for i, name in enumerate(classes):
         with _timed(timings, "resample_back"):
-            box = None if post.soft else reach_box(probs[i], post.classes[name].threshold)
-            block, start = native_block(probs[i], crop_grid, grid, box=box)
+            threshold = None if post.soft else post.classes[name].threshold
+            block, start = native_values(probs[i], crop_grid, grid, spec, threshold)
         with _timed(timings, "postprocess"):
             values = block if post.soft else postprocess(block, post.classes[name], grid.voxel_volume_mm3)
             images[name] = mask_image(uncrop(values, start, grid.shape, order="F"), t2.image)
@@ -129,19 +130,20 @@ def segment(
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
         block = localizer_block(t2.grid, localizer.spec)
         check_work(block.shape, 2, 1, f"the localizer's block for T2w {t2.name}")
-        t2_block = on_block(t2, block)
+        t2_block = on_block(t2, block, localizer.spec)
     with _timed(timings, "localize"):
         cord = localize(t2, t1, t2_block, block, localizer)
     with _timed(timings, "crop"):
-        box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
+        box, work = crop_for(cord, t2.grid, spec)
         crop_grid = box.on(work)
         check_work(crop_grid.shape, len(spec.contrasts), len(spec.classes), _crop_name(t2, spec, cord is None))
-        x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
+        x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid, spec.semantics, spec.spacing_mm)
     with _timed(timings, "segment"):
-        probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
-    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive")
+        probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size,
+                               _bar(progress, x.shape[1:], spec), normalize_windows=spec.semantics.normalization.value == "window")
+    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive", spec=spec)
     with _timed(timings, "postprocess"):
-        cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
+        cord_native, box_native = localization_masks(cord, crop_grid, t2.grid)
     return Result(
         masks=masks,
         cord=mask_image(cord_native.view(np.uint8), t2.image),

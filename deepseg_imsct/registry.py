@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import DeepsegError
+from .semantics import NATIVE, Semantics, parse_semantics
 
 REGISTRY_PATH = Path(__file__).resolve().parent / "model_registry.json"
 ENV_REGISTRY = "DEEPSEG_IMSCT_REGISTRY"  # path of another registry (custom models, tests)
@@ -34,6 +35,7 @@ class ClassDefaults:
     threshold: float = 0.5  # probability, voxels >= threshold are foreground
     fill_holes: bool = True  # 3D hole filling
     min_volume_cm3: float = 0.0  # connected components smaller than this are removed
+    min_voxels: int = 0  # connected components of fewer native voxels are removed (the reference's unit)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class ModelSpec:
     input_name: str = "input"
     description: str = ""
     output: str = "sigmoid"  # see OUTPUTS; "exclusive": the last class is the union of the others
+    semantics: Semantics = NATIVE  # how the stages run this model (semantics.py)
+    blob_sha1: str = ""  # git blob SHA-1 of the file (published models: sha256 and size are then learnt at install)
+    model_set: str = "phantom"  # the family of models this version belongs to (see -model-set)
     registry_dir: Path = field(default=REGISTRY_PATH.parent, compare=False)
 
     @property
@@ -195,8 +200,8 @@ def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> Mo
             name=name,
             version=version,
             file=str(v["file"]),
-            sha256=str(v["sha256"]).lower(),
-            size=int(v["size"]),
+            sha256=str(v.get("sha256", "")).lower(),
+            size=int(v.get("size", 0)),
             sources=tuple(v["sources"]),
             contrasts=tuple(v["contrasts"]),
             spacing_mm=_triple(v["spacing_mm"], float, "spacing_mm"),
@@ -209,14 +214,18 @@ def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> Mo
             input_name=str(v.get("input_name", "input")),
             description=str(v.get("description", "")),
             output=str(v.get("output", "sigmoid")),
+            semantics=parse_semantics(v.get("semantics")),
+            blob_sha1=str(v.get("blob_sha1", "")).lower(),
+            model_set=str(v.get("model_set", "phantom")),
             registry_dir=path.resolve().parent,
         )
     except KeyError as exc:
         raise DeepsegError(f"{where} lacks the field {exc}: fix the registry or reinstall deepseg-imsct") from None
     except (TypeError, ValueError) as exc:
         raise DeepsegError(f"{where} has a malformed field ({exc}): fix the registry or reinstall deepseg-imsct") from None
-    if len(spec.sha256) != 64 or not spec.sources or not spec.classes or not spec.contrasts:
-        raise DeepsegError(f"{where} needs a 64-hex sha256, sources, classes and contrasts: fix the registry")
+    hashed = len(spec.sha256) == 64 or (len(spec.blob_sha1) == 40 and not spec.sha256)
+    if not hashed or not spec.sources or not spec.classes or not spec.contrasts:
+        raise DeepsegError(f"{where} needs a 64-hex sha256 (or a 40-hex blob_sha1), sources, classes and contrasts: fix the registry")
     if spec.output not in OUTPUTS:
         raise DeepsegError(f"{where} has output '{spec.output}', which this version cannot read: upgrade deepseg-imsct")
     if spec.output == "exclusive" and spec.classes[-1] != "whole-tumor":

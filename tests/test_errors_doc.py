@@ -700,7 +700,7 @@ def _seg_entry(env: Env, change: Callable[[dict], None]) -> list[str]:
     return with_case(env)
 
 
-TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e: e.pop("sha256"))
+TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e: e.pop("file"))
 TRIGGERS["Registry model field malformed"] = lambda env: _seg_entry(env, lambda e: e.update(patch_size=[32, 32]))
 TRIGGERS["Registry model without checksum, sources, classes or contrasts"] = lambda env: _seg_entry(env, lambda e: e.update(sources=[]))
 TRIGGERS["Registry asks for an unknown normalization"] = lambda env: _seg_entry(env, lambda e: e.update(normalization="minmax"))
@@ -762,7 +762,7 @@ def true_cord(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     calls: list[int] = []
 
-    def find_cord(values, block, model):
+    def find_cord(values, block, model, prob=None):
         calls.append(1)
         xyz = synthetic.centres_mm(block.shape, block.affine)
         return (np.hypot(xyz[..., 0], xyz[..., 1]) <= 4) & ~np.isnan(values)

@@ -12,9 +12,10 @@ from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.params import ParamKind, configure, convert_all, parameters
 from deepseg_imsct.postprocess import ClassPost
 from deepseg_imsct.registry import ClassDefaults
+from deepseg_imsct.semantics import IVADOMED, NATIVE
 
 CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
-MODEL = SimpleNamespace(classes=("tumor", "edema"),
+MODEL = SimpleNamespace(classes=("tumor", "edema"), semantics=NATIVE,
                         postprocessing={"tumor": ClassDefaults(0.7, True, 0.2), "edema": ClassDefaults(0.3, True, 0.5)})
 
 
@@ -22,6 +23,16 @@ def test_defaults_come_from_the_registry_entry():
     settings = configure(MODEL, {})
     assert settings.post.classes == {"tumor": ClassPost(0.7, True, 0.2), "edema": ClassPost(0.3, True, 0.5)}
     assert not settings.post.soft and not settings.qc and settings.out_dir is None and settings.runtime.threads == 0
+
+
+def test_reference_semantics_reach_the_post_processing_and_a_user_volume_replaces_the_voxel_count():
+    """A model with the reference's semantics: remove small (100 native voxels) before filling
+    holes (26-connected background); a -remove-small given for a class replaces its voxel count."""
+    model = SimpleNamespace(classes=("tumor", "edema"), semantics=IVADOMED,
+                            postprocessing={c: ClassDefaults(0.5, True, 0.0, 100) for c in ("tumor", "edema")})
+    assert configure(model, {}).post.classes["tumor"] == ClassPost(0.5, True, 0.0, 100, True, 3)
+    post = configure(model, {"min_volume_cm3": {"edema": 0.2}}).post.classes
+    assert post["tumor"].min_voxels == 100 and post["edema"] == ClassPost(0.5, True, 0.2, 0, True, 3)
 
 
 def test_overrides_one_value_or_per_class():
