@@ -21,6 +21,7 @@ REGISTRY_PATH = Path(__file__).resolve().parent / "model_registry.json"
 ENV_REGISTRY = "DEEPSEG_IMSCT_REGISTRY"  # path of another registry (custom models, tests)
 WORKING_AXES = "SAR"
 SCHEMA = 1  # the registry layout this version reads
+DEFAULT_MODEL_SET = "phantom"  # the models trained here on phantoms, shipped with the package
 OUTPUTS = ("sigmoid", "exclusive")  # independent per-class sigmoids | softmax classes + their union (last class)
 # The model facts: what a graph was trained for, written into each ONNX file's metadata at export
 # (key METADATA_KEY, JSON) and checked against the registry entry when the file is loaded.
@@ -108,6 +109,14 @@ class TaskSpec:
     localizer: str
     segmenter: str
     citation: str = ""
+    model_sets: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # set -> (localizer, segmenter)
+
+    def models(self, model_set: str | None = None) -> tuple[str, str]:
+        """(localizer, segmenter) of ``model_set`` (default: the task's own, set 'phantom')."""
+        sets = {DEFAULT_MODEL_SET: (self.localizer, self.segmenter), **self.model_sets}
+        if (model_set or DEFAULT_MODEL_SET) not in sets:
+            raise DeepsegError(f"task {self.name} has no model set '{model_set}': model sets are {', '.join(sets)}")
+        return sets[model_set or DEFAULT_MODEL_SET]
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,7 @@ def load_registry(path: Path | str | None = None) -> Registry:
                 localizer=t["localizer"],
                 segmenter=t["segmenter"],
                 citation=t.get("citation", ""),
+                model_sets={k: (str(m["localizer"]), str(m["segmenter"])) for k, m in t.get("model_sets", {}).items()},
             )
             for name, t in data["tasks"].items()
         }
