@@ -152,6 +152,10 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict) -
     if not path.exists():
         raise DeepsegError(f"--from {path} does not exist: give the downloaded model file or the folder that holds the task's models")
     if path.is_dir():
+        from .toolbox import find_folders, install_folder
+
+        if find_folders(path):  # the reference toolbox's model folders (ONNX + ivadomed JSON)
+            return install_folder(path, reg, task.name)
         return [import_model(spec, path) for spec in specs]
     digest = sha256sum(path) if path.is_file() else None
     matching = [spec for spec in specs if spec.sha256 == digest]

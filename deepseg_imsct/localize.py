@@ -249,8 +249,8 @@ def kept_cord(found: np.ndarray, prob: np.ndarray, block: Grid, t2: Volume, spec
     ``prob``: the localizer's output there. With ``localizer_keep`` 'largest' (the reference's),
     ``prob`` goes back to the T2w's native grid (zeros outside the block, the prediction order),
     voxels at or below the noise floor are zeroed, the rest binarized at the class threshold and
-    the largest 6-connected component kept, on the native grid reoriented to SAR; None when
-    nothing is left."""
+    the largest 6-connected component kept ('all': every one), on the native grid reoriented to
+    SAR; None when nothing is left."""
     sem = spec.semantics
     if sem.localizer_keep is LocalizerKeep.PIECES:
         return Cord(found, block)
@@ -260,7 +260,10 @@ def kept_cord(found: np.ndarray, prob: np.ndarray, block: Grid, t2: Volume, spec
     else:
         values = resample(prob, block, zoom.reoriented, order=sem.prediction_order, fill=0.0)
     values[values <= sem.noise_floor] = 0.0
-    labels, n = connected_components(values >= np.float32(spec.postprocessing[spec.classes[0]].threshold), connectivity=1)
+    mask = values >= np.float32(spec.postprocessing[spec.classes[0]].threshold)
+    if sem.localizer_keep is LocalizerKeep.ALL:
+        return Cord(mask, zoom.reoriented) if mask.any() else None
+    labels, n = connected_components(mask, connectivity=1)
     if n == 0:
         return None
     counts = np.bincount(labels.ravel())

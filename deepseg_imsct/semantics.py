@@ -46,6 +46,7 @@ class LocalizerKeep(str, Enum):
 
     PIECES = "pieces"  # see BoxRule.CORD_PIECES
     LARGEST = "largest"  # the largest 6-connected component (on the native grid)
+    ALL = "all"  # every voxel at or above the threshold (on the native grid)
 
 
 class PostOrder(str, Enum):
