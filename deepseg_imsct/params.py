@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported where used: describing parameters (the command's -
     from .postprocess import PostprocessConfig
     from .registry import ClassDefaults, ModelSpec
 
+MODEL_SETS = ("phantom", "sct")  # the registry's model sets of the task (registry.TaskSpec.models), the default first
 MAX_THREADS = 1024  # ONNX Runtime's thread count is a C int; no CPU has more cores than this
 MAX_VOLUME_CM3 = 1000  # a litre: larger than any spinal cord, so removing smaller components removes all
 VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3)?\s*$")
@@ -35,6 +36,7 @@ class ParamKind(str, Enum):
     INT = "int"
     PATH = "path"
     VOLUME = "volume"  # cm³; as text also '200mm3' or '0.2cm3'
+    CHOICE = "choice"  # one of ``ParamSpec.choices``
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ParamSpec:
     metavar: str = ""
     label: str = ""  # the form's label
     invalid: str = "{where}: {value} is outside [{minimum}, {maximum}]"
+    choices: tuple[str, ...] = ()  # the values of a CHOICE
 
     def convert(self, raw: Any, where: str) -> Any:
         """A value as the user gave it (command text, a form widget's value, a Python value),
@@ -65,6 +68,10 @@ class ParamSpec:
                 raise DeepsegError(f"{where}: {what} is not a folder path (give a str or pathlib.Path, without NUL characters)")
             text = str(raw).strip() if raw is not None else ""
             return Path(text).expanduser() if text else None
+        if self.kind is ParamKind.CHOICE:
+            if raw not in self.choices:
+                raise DeepsegError(f"{where}: {raw!r} is not one of {', '.join(self.choices)}")
+            return str(raw)
         if self.kind is ParamKind.BOOL:
             if isinstance(raw, str) and raw not in ("0", "1"):
                 raise DeepsegError(f"{where}: '{raw}' is not 0 or 1")
@@ -129,6 +136,9 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
         ParamSpec("overwrite", ParamKind.BOOL, False, "Replace existing output files that this tool did not write, "
                   "that were changed since, or that another T2w of the same name produced (inputs are never replaced)",
                   option="-overwrite", label="Replace files not written by this tool"),
+        ParamSpec("model_set", ParamKind.CHOICE, MODEL_SETS[0], "Models: 'phantom' (trained on phantoms, shipped with the "
+                  "package, offline) or 'sct' (the study's published real-data models, downloaded once; see "
+                  "docs/published-models.md)", option="-model-set", metavar="SET", label="Models", choices=MODEL_SETS),
         ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0, MAX_THREADS,
                   option="-threads", metavar="N", label="CPU threads",
                   invalid="{where} must be from 0 to {maximum} (0 lets ONNX Runtime use the physical cores)"),
@@ -144,6 +154,7 @@ class Settings:
     out_dir: Path | None = None
     qc: bool = False
     overwrite: bool = False
+    model_set: str = MODEL_SETS[0]
 
 
 Naming = Callable[[ParamSpec, "str | None"], str]
@@ -189,4 +200,5 @@ def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_n
                                            0 if c in replaced else model.postprocessing[c].min_voxels,
                                            sem.postprocess_order.value == "remove_then_fill", sem.hole_connectivity)
                               for c in model.classes}, soft=bool(v["soft"]))
-    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]))
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], bool(v["qc"]), bool(v["overwrite"]),
+                    v["model_set"])

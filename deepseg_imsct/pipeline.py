@@ -30,7 +30,7 @@ from .localize import crop_for, localize, localizer_block, on_block
 from .outputs import CORD, CROPBOX, DEFAULT_TASK, TOOL_NAME, class_key, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
-from .registry import ModelSpec, Registry, load_registry
+from .registry import DEFAULT_MODEL_SET, ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, native_values, reach_box
 from .segment import model_input, n_windows, sliding_window
 from .transaction import check_outputs
@@ -185,24 +185,28 @@ class Predictor:
         registry: Registry | None = None,
         offline: bool = False,
         progress: bool = False,
+        model_set: str | None = None,
     ):
         self.registry = registry or load_registry()
         self.task = self.registry.task(task)
+        self.model_set = model_set or DEFAULT_MODEL_SET  # 'phantom' (shipped) or 'sct' (published, see -model-set)
+        localizer, segmenter = self.task.models(self.model_set)
         versions = dict(versions or {})
-        unknown = set(versions) - {self.task.localizer, self.task.segmenter}
+        unknown = set(versions) - {localizer, segmenter}
         if unknown:
-            raise DeepsegError(f"no model named {', '.join(sorted(unknown))} in task {self.task.name}: models are {self.task.localizer}, {self.task.segmenter}")
+            raise DeepsegError(f"no model named {', '.join(sorted(unknown))} in task {self.task.name}: models are {localizer}, {segmenter}")
         self.progress = progress
         self.runtime = runtime
         self.last_timings: dict[str, float] = {}  # seconds per stage of the last run_files call
-        self.localizer = self._load(self.task.localizer, versions.get(self.task.localizer), offline)
-        self.segmenter = self._load(self.task.segmenter, versions.get(self.task.segmenter), offline)
+        self.localizer = self._load(localizer, versions.get(localizer), offline)
+        self.segmenter = self._load(segmenter, versions.get(segmenter), offline)
 
     def _load(self, name: str, version: str | None, offline: bool) -> OnnxModel:
-        from .download import ensure_model
+        from .download import ensure_model, verified_spec
 
         spec = self.registry.model(name, version)
-        return OnnxModel(ensure_model(spec, offline=offline, progress=self.progress), spec, self.runtime)
+        path = ensure_model(spec, offline=offline, progress=self.progress)
+        return OnnxModel(path, verified_spec(spec), self.runtime)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -226,7 +230,10 @@ class Predictor:
             "Name": TOOL_NAME,
             "Version": __version__,
             "Task": self.task.name,
-            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256} for m in (self.localizer, self.segmenter)},
+            "ModelSet": self.model_set,
+            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256,
+                                     **({"git_blob_sha1": m.spec.blob_sha1} if m.spec.blob_sha1 else {})}
+                       for m in (self.localizer, self.segmenter)},
         }
 
     def run_files(
@@ -288,6 +295,7 @@ def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, r
     """One-call API: segment one pair of files with parameters named as in :func:`params.parameters`
     (e.g. ``qc=True``, ``threshold=0.6``); returns {output key: path}."""
     registry = registry or load_registry()
-    settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
-    predictor = Predictor(task, runtime=settings.runtime, registry=registry)
+    segmenter = registry.task(task).models(values.get("model_set"))[1]
+    settings = configure(registry.model(segmenter), {"out_dir": out_dir, **values})
+    predictor = Predictor(task, runtime=settings.runtime, registry=registry, model_set=settings.model_set)
     return predictor.run_files(t2_path, t1_path, settings.out_dir, settings.post, settings.qc, overwrite=settings.overwrite)

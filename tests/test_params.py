@@ -35,6 +35,12 @@ def test_reference_semantics_reach_the_post_processing_and_a_user_volume_replace
     assert post["tumor"].min_voxels == 100 and post["edema"] == ClassPost(0.5, True, 0.2, 0, True, 3)
 
 
+def test_the_model_set_is_one_of_the_named_sets():
+    assert configure(MODEL, {}).model_set == "phantom" and configure(MODEL, {"model_set": "sct"}).model_set == "sct"
+    with pytest.raises(DeepsegError, match=r"model_set: 'nnunet' is not one of phantom, sct"):
+        configure(MODEL, {"model_set": "nnunet"})
+
+
 def test_overrides_one_value_or_per_class():
     settings = configure(MODEL, {"threshold": 0.4, "min_volume_cm3": {"edema": 1.0}, "fill_holes": {"tumor": False},
                                  "soft": True, "qc": True, "out_dir": " out ", "threads": 3})
@@ -95,12 +101,12 @@ def test_the_command_per_class_syntax_counts_values():
 
 def test_command_text_goes_through_the_same_translator():
     args = cli.build_parser(parameters(MODEL.postprocessing), MODEL.classes).parse_args(
-        ["-thr", "edema=0.45", "-remove-small", "300mm3", "-fill-holes", "0", "1", "-threads", "2"])
+        ["-thr", "edema=0.45", "-remove-small", "300mm3", "-fill-holes", "0", "1", "-threads", "2", "-model-set", "sct"])
     values = cli.user_values(args, parameters(MODEL.postprocessing), MODEL.classes)
     assert convert_all(parameters(MODEL.postprocessing), MODEL.classes, values) == {
         "threshold": {"tumor": 0.7, "edema": 0.45}, "fill_holes": {"tumor": False, "edema": True},
         "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": False, "out_dir": None, "overwrite": False,
-        "threads": 2}
+        "threads": 2, "model_set": "sct"}
 
 
 def test_the_default_task_is_the_registered_entry_point():
