@@ -75,8 +75,9 @@ def member_name(names: list[str], file: str) -> str | None:
 
 
 def extract_verified(archive: Path, spec: ModelSpec, target: Path) -> str:
-    """Copy ``spec.file`` out of the zip ``archive`` to ``target`` if its blob SHA-1 matches;
-    returns its sha256. Raises ValueError saying what is wrong (nothing is left at ``target``)."""
+    """Copy ``spec.file`` out of the zip ``archive`` to ``target`` if its blob SHA-1 matches (and
+    its ivadomed config ``<stem>.json``, if any, beside it); returns its sha256. Raises ValueError
+    saying what is wrong (nothing is left at ``target``)."""
     try:
         with zipfile.ZipFile(archive) as zf:
             name = member_name(zf.namelist(), spec.file)
@@ -87,7 +88,11 @@ def extract_verified(archive: Path, spec: ModelSpec, target: Path) -> str:
             if info.file_size > MAX_ARCHIVE_BYTES:
                 raise ValueError(f"{name} would be {info.file_size} bytes once extracted")
             with zf.open(info) as src:
-                return place_verified(src, spec, target)
+                sha256 = place_verified(src, spec, target)
+            config = member_name(zf.namelist(), Path(spec.file).stem + ".json")
+            if config is not None and zf.getinfo(config).file_size < 1 << 20:  # the folder's ivadomed config, kept beside it
+                _atomic_write(target.with_suffix(".json"), zf.read(config))
+            return sha256
     except zipfile.BadZipFile as exc:
         raise ValueError(f"not a zip archive ({exc})") from None
 

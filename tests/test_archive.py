@@ -82,6 +82,7 @@ def test_download_from_a_tag_archive_verifies_the_blob_and_records_sha256_and_si
         spec = replace(spec, sources=(srv.route(f"/{TAG}.zip", send_bytes(payload, content_type="application/zip")),))
         path = download.ensure_model(spec, progress=False)
         assert path.read_bytes() == onnx and srv.hits[f"/{TAG}.zip"] == 1
+        assert path.with_suffix(".json").read_bytes() == b"{}"  # the folder's config, kept beside the model
         record = json.loads(archive.record_path(path).read_text())
         assert record == {"blob_sha1": spec.blob_sha1, "sha256": hashlib.sha256(onnx).hexdigest(), "size": len(onnx),
                           "file": f"{LOC}.onnx"}
