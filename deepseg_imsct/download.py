@@ -331,12 +331,18 @@ def _import_source(spec: ModelSpec, source: Path) -> Path:
 def _import_hint(spec: ModelSpec, target: Path) -> str:
     from .registry import load_registry
 
-    task = "<task>"  # the task that uses this model, for the -install command
+    task = "<task>"  # the task (and model set) that uses this model, for the -install command
     path = spec.registry_dir / "model_registry.json"
     with contextlib.suppress(DeepsegError):
         registry = load_registry(path if path.is_file() else None)
-        task = next((t.name for t in registry.tasks.values() if spec.name in (t.localizer, t.segmenter)), task)
-    return (f"download {spec.file} (sha256 {spec.sha256}, {spec.size} bytes) on a machine with internet and run "
+        for t in registry.tasks.values():
+            found = [s for s in ("phantom", *t.model_sets) if spec.name in t.models(s)]
+            if found:
+                task = t.name + ("" if found[0] == "phantom" else f" -model-set {found[0]}")
+                break
+    checksum = (f"sha256 {spec.sha256}, {spec.size} bytes" if spec.sha256 else
+                f"git blob SHA-1 {spec.blob_sha1}, in {' or '.join(spec.remote_sources()) or 'its release'}")
+    return (f"download {spec.file} ({checksum}) on a machine with internet and run "
             f"`imsct_deepseg -install {task} --from <file-or-folder>`, or copy it to {target}")
 
 
