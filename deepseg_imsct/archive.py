@@ -74,6 +74,15 @@ def member_name(names: list[str], file: str) -> str | None:
     return None
 
 
+def archive_members(path: Path) -> list[str]:
+    """The member names of a zip archive ([] when it is not one)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
 def extract_verified(archive: Path, spec: ModelSpec, target: Path) -> str:
     """Copy ``spec.file`` out of the zip ``archive`` to ``target`` if its blob SHA-1 matches (and
     its ivadomed config ``<stem>.json``, if any, beside it); returns its sha256. Raises ValueError
@@ -168,3 +177,31 @@ def download_archive(url: str, folder: Path, progress: bool) -> Path:
         raise
     log.info("downloaded %s (%.1f MiB)", url, size / 2**20)
     return Path(tmp)
+
+
+def download(spec: ModelSpec, target: Path, progress: bool) -> list[str]:
+    """Fetch a blob-verified model from each source in turn (a tag's zip archive, or the file):
+    [] once ``target`` holds it, else one line per URL."""
+    from . import fetch
+
+    errors = []
+    for url in spec.remote_sources():
+        try:
+            tmp = download_archive(url, target.parent, progress)
+        except fetch.FetchError as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        try:
+            if is_archive(url):
+                extract_verified(tmp, spec, target)
+            else:
+                with open(tmp, "rb") as src:
+                    place_verified(src, spec, target)
+            log.info("installed %s from %s into %s", spec.key, url, target)
+            return []
+        except ValueError as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return errors

@@ -162,6 +162,14 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict, m
         if find_folders(path):  # the reference toolbox's model folders (ONNX + ivadomed JSON)
             return install_folder(path, reg, task.name)
         return [import_model(spec, path) for spec in specs]
+    if path.name.lower().endswith(".zip"):  # a published model folder's tag archive
+        from .archive import archive_members, member_name
+
+        matching = [spec for spec in specs if spec.blob_sha1 and member_name(archive_members(path), spec.file)]
+        if not matching:
+            raise DeepsegError(f"{path} holds none of this model set's files ({', '.join(s.file for s in specs)}) in its top "
+                               "folder: give the archive of a published model folder (see -model-set)")
+        return [import_model(spec, path) for spec in matching]
     digest, blob = (sha256sum(path), git_blob_sha1(path)) if path.is_file() else (None, None)
     matching = [spec for spec in specs if spec.sha256 == digest or (spec.blob_sha1 and spec.blob_sha1 == blob)]
     if not matching:

@@ -85,9 +85,9 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
         raise DeepsegError(_failure_message(spec, target, problems, "no download URL in the registry"))
 
     def get() -> None:
-        from . import fetch
+        from . import archive, fetch
 
-        errors = _download_blob(spec, target, progress) if spec.blob_sha1 else fetch.download(spec, target, progress)
+        errors = archive.download(spec, target, progress) if spec.blob_sha1 else fetch.download(spec, target, progress)
         if errors:
             raise DeepsegError(_failure_message(spec, target, problems + errors, "every download failed"))
     return _install(spec, target, get)
@@ -103,34 +103,6 @@ def verified_spec(spec: ModelSpec) -> ModelSpec:
     from .archive import with_record
 
     return with_record(spec, _cached_path(spec))
-
-
-def _download_blob(spec: ModelSpec, target: Path, progress: bool) -> list[str]:
-    """Fetch a blob-verified model from each source in turn (a tag's zip archive, or the file):
-    [] once ``target`` holds it, else one line per URL."""
-    from . import archive, fetch
-
-    errors = []
-    for url in spec.remote_sources():
-        try:
-            tmp = archive.download_archive(url, target.parent, progress)
-        except fetch.FetchError as exc:
-            errors.append(f"{url}: {exc}")
-            continue
-        try:
-            if archive.is_archive(url):
-                archive.extract_verified(tmp, spec, target)
-            else:
-                with open(tmp, "rb") as src:
-                    archive.place_verified(src, spec, target)
-            log.info("installed %s from %s into %s", spec.key, url, target)
-            return []
-        except ValueError as exc:
-            errors.append(f"{url}: {exc}")
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return errors
 
 
 def import_model(spec: ModelSpec, source: Path | str) -> Path:

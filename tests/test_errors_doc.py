@@ -889,6 +889,12 @@ TRIGGERS["-install --from: published model with another git blob"] = lambda env:
     "-install", "--from", _published_folder(env, b"another model", None))
 TRIGGERS["-install --from: toolbox model folder this package cannot run"] = lambda env: env.cli(
     "-install", "--from", _published_folder(env, (env.base / "models" / "seg.onnx").read_bytes(), {"transformation": {}}))
+@trigger("-install --from: archive without the model set's files")
+def _(env):
+    (env.base / "other.zip").write_bytes(_archive({"other.onnx": b"x"}))
+    return env.cli("-install", "--from", env.base / "other.zip")
+
+
 TRIGGERS["Unknown model set"] = lambda env: api_error(lambda: Predictor(model_set="nnunet"))
 
 

@@ -68,6 +68,22 @@ def test_the_command_installs_and_runs_the_sct_set_and_the_sidecar_records_it(sc
     assert made["ModelSet"] == "phantom" and set(made["Models"]) == {"loc", "seg"}
 
 
+def test_the_sct_set_installs_offline_from_its_tag_archives(sct_registry, tmp_path):
+    from deepseg_imsct import download
+    from deepseg_imsct.registry import load_registry
+
+    reg = load_registry()
+    for name in ("sct_loc", "sct_seg"):
+        spec = reg.model(name)
+        onnx = (tmp_path / "ref" / ("loc.onnx" if name == "sct_loc" else "seg.onnx")).read_bytes()
+        (tmp_path / f"{name}.zip").write_bytes(tag_zip(name, {spec.file: onnx}))
+        assert cli.main(["-install", "-model-set", "sct", "--from", str(tmp_path / f"{name}.zip")]) == 0
+        assert download.is_installed(spec)
+    assert sct_registry.hits == {}  # no network
+    (tmp_path / "other.zip").write_bytes(tag_zip("other", {"other.onnx": b"x"}))
+    assert cli.main(["-install", "-model-set", "sct", "--from", str(tmp_path / "other.zip")]) == 2
+
+
 def test_the_api_chooses_the_set(sct_registry, tmp_path):
     t2, t1 = _case(tmp_path / "in")
     phantom, sct = Predictor(), Predictor(model_set="sct")
