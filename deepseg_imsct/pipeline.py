@@ -231,7 +231,7 @@ class Predictor:
             "Version": __version__,
             "Task": self.task.name,
             "ModelSet": self.model_set,
-            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256,
+            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256, "model_set": m.spec.model_set,
                                      **({"git_blob_sha1": m.spec.blob_sha1} if m.spec.blob_sha1 else {})}
                        for m in (self.localizer, self.segmenter)},
         }

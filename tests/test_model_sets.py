@@ -62,6 +62,7 @@ def test_the_command_installs_and_runs_the_sct_set_and_the_sidecar_records_it(sc
     made = side["GeneratedBy"][0]
     assert made["ModelSet"] == "sct" and set(made["Models"]) == {"sct_loc", "sct_seg"}
     assert len(made["Models"]["sct_seg"]["sha256"]) == 64 and len(made["Models"]["sct_seg"]["git_blob_sha1"]) == 40
+    assert made["Models"]["sct_loc"]["model_set"] == "sct"
     assert side["Postprocessing"]["classes"]["tumor"]["remove_first"] is True  # the reference's order
     assert cli.main(["-i", str(t2), str(t1), "-o", str(tmp_path / "phantom")]) == 0
     made = json.loads((tmp_path / "phantom" / "sub-01_T2w_seg-tumor.json").read_text())["GeneratedBy"][0]
