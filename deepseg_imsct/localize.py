@@ -162,7 +162,7 @@ def csf_evidence(cord: np.ndarray, first: np.ndarray, second: np.ndarray) -> tup
     shell = dilate(cord, 1) & ~cord
     logs = []
     for values in (first, second):
-        inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell]) if shell.any() else np.nan
+        inner, outer = (float(np.nanmedian(v)) if np.isfinite(v).any() else np.nan for v in (values[cord], values[shell]))
         logs.append(np.log(outer / inner) if inner > 0 and outer > 0 else np.nan)
     if not np.all(np.isfinite(logs)):
         return 0.0, 0.0

@@ -133,3 +133,23 @@ def test_a_folder_without_model_folders_or_with_a_bad_config_is_refused(tmp_path
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(DeepsegError, match=r"m.json cannot be mapped onto a model of this package"):
         install_folder(tmp_path, load_registry(), "tumor_edema_cavity_t1_t2")
+
+
+def test_the_shipped_sct_entries_run_the_cascade_once_installed_from_a_toolbox_folder(tmp_path, monkeypatch):
+    """The shipped entries (blobs pointed at random-weight graphs of the published signature):
+    installed from a toolbox folder, then run offline on a phantom with their 512x256x32 block."""
+    import numpy as np
+    import synthetic
+
+    from deepseg_imsct.pipeline import Predictor
+
+    root, _ = _toolbox(tmp_path, blobs_match=True)
+    monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(tmp_path / "registry" / "model_registry.json"))
+    assert cli.main(["-install", "--from", str(root)]) == 0
+    predictor = Predictor(model_set="sct", offline=True)
+    assert predictor.localizer.spec.patch_size == (512, 256, 32) and predictor.segmenter.spec.semantics == IVADOMED
+    t2, t1, _ = synthetic.case()
+    result = predictor(t2, t1)
+    assert set(result.masks) == {"tumor", "edema", "cavity", "whole-tumor"}
+    assert all(m.shape == t2.shape and set(np.unique(np.asanyarray(m.dataobj))) <= {0, 1} for m in result.masks.values())
+    assert predictor.provenance()["ModelSet"] == "sct"
