@@ -240,6 +240,8 @@ def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> Mo
         raise DeepsegError(f"{where} has output '{spec.output}', which this version cannot read: upgrade deepseg-imsct")
     if spec.output == "exclusive" and spec.classes[-1] != "whole-tumor":
         raise DeepsegError(f"{where}: an exclusive model's last class must be the union 'whole-tumor': fix the registry")
+    if spec.output == "exclusive" and spec.semantics != NATIVE:
+        raise DeepsegError(f"{where}: an exclusive model runs with this package's own semantics only: fix the registry")
     if spec.normalization != "zscore":
         raise DeepsegError(f"{where} asks for normalization '{spec.normalization}', which this version cannot do: upgrade deepseg-imsct")
     return spec

@@ -705,6 +705,8 @@ TRIGGERS["Registry model field malformed"] = lambda env: _seg_entry(env, lambda 
 TRIGGERS["Registry model without checksum, sources, classes or contrasts"] = lambda env: _seg_entry(env, lambda e: e.update(sources=[]))
 TRIGGERS["Registry asks for an unknown normalization"] = lambda env: _seg_entry(env, lambda e: e.update(normalization="minmax"))
 TRIGGERS["Registry asks for an unknown output"] = lambda env: _seg_entry(env, lambda e: e.update(output="softmax"))
+TRIGGERS["Registry gives an exclusive model other semantics"] = lambda env: _seg_entry(
+    env, lambda e: e.update(output="exclusive", semantics={"preset": "ivadomed"}))
 TRIGGERS["Registry model with an unsafe file name"] = lambda env: _seg_entry(env, lambda e: e.update(file="../seg.onnx"))
 
 
