@@ -180,14 +180,20 @@ def download_archive(url: str, folder: Path, progress: bool) -> Path:
 
 
 def download(spec: ModelSpec, target: Path, progress: bool) -> list[str]:
-    """Fetch a blob-verified model from each source in turn (a tag's zip archive, or the file):
-    [] once ``target`` holds it, else one line per URL."""
+    """Fetch a blob-verified model from each source in turn (a tag's zip archive, or the file),
+    transient failures retried within the download deadline: [] once ``target`` holds it, else
+    one line per URL."""
+    import math
+    import time
+
     from . import fetch
 
+    deadline_s = fetch.setting(fetch.ENV_DEADLINE, fetch.DEADLINE_S)
+    deadline = time.monotonic() + deadline_s if deadline_s else math.inf
     errors = []
     for url in spec.remote_sources():
-        try:
-            tmp = download_archive(url, target.parent, progress)
+        try:  # transient failures retried with back-off, as for model files
+            tmp = fetch._with_retries(url, lambda: download_archive(url, target.parent, progress), deadline, deadline_s)
         except fetch.FetchError as exc:
             errors.append(f"{url}: {exc}")
             continue

@@ -137,3 +137,14 @@ def test_offline_import_of_a_wrong_file_names_both_hashes(published, tmp_path):
     with pytest.raises(DeepsegError, match=rf"is not {LOC}-{TAG}: git blob SHA-1 {blob(b'not the model')}, expected {spec.blob_sha1}"):
         download.import_model(spec, wrong)
     assert not download.is_installed(spec)
+
+
+def test_a_transient_failure_of_the_archive_is_retried(published, monkeypatch):
+    from deepseg_imsct import fetch
+
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
+    spec, onnx = published
+    with FlakyServer() as srv:
+        url = srv.route("/r.zip", status(503), send_bytes(tag_zip(LOC, {f"{LOC}.onnx": onnx})))
+        assert download.ensure_model(replace(spec, sources=(url,)), progress=False).read_bytes() == onnx
+        assert srv.hits["/r.zip"] == 2
