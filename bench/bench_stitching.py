@@ -38,7 +38,7 @@ def phantom_crop(size: str = "paper", seed: int = 0) -> np.ndarray:
     from bench_pipeline import make_case
 
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import box_for_mask, localize, localizer_block, on_block
+    from deepseg_imsct.localize import crop_for, localize, localizer_block, on_block
     from deepseg_imsct.pipeline import Predictor
     from deepseg_imsct.segment import model_input
 
@@ -49,7 +49,7 @@ def phantom_crop(size: str = "paper", seed: int = 0) -> np.ndarray:
         t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
     block = localizer_block(t2.grid, predictor.localizer.spec)
     cord = localize(t2, t1, on_block(t2, block), block, predictor.localizer)
-    box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
+    box, work = crop_for(cord, t2.grid, spec)
     return model_input([(t2.data, t2.grid), (t1.data, t1.grid)], box.on(work))
 
 

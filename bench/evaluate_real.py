@@ -150,7 +150,7 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     """Localize the cord in one scan, as :func:`deepseg_imsct.pipeline.segment` does, and score it."""
     from deepseg_imsct.evaluate import dice, fraction_inside
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import box_for_mask, find_cord, localizer_block, on_block
+    from deepseg_imsct.localize import Cord, box_for_mask, find_cord, localizer_block, on_block
     from deepseg_imsct.resample_back import localization_masks
 
     contrast = contrast_of(path)
@@ -167,7 +167,7 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     row.localize_s = time.perf_counter() - t0
     crop_grid = box.on(work)
     # back to the native grid, as in pipeline.segment
-    cord_native, box_native = localization_masks(cord, block, crop_grid, grid)
+    cord_native, box_native = localization_masks(None if cord is None else Cord(cord, block), crop_grid, grid)
     row.cord_found = cord is not None
     row.pred_cord_cm3 = float(cord_native.sum() * grid.voxel_volume_mm3 / 1000)
     row.box_mm = "×".join(f"{n * s:.0f}" for n, s in zip(crop_grid.shape, seg_spec.spacing_mm))

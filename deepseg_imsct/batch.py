@@ -40,6 +40,7 @@ class ModelSetup:
     threads: int = 0  # ONNX Runtime intra-op threads per worker process
     registry: str | None = None  # registry path (None: $DEEPSEG_IMSCT_REGISTRY or the shipped one)
     offline: bool = False
+    model_set: str | None = None  # None: the task's default set (-model-set)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def predictor_for(setup: ModelSetup):
             from .registry import load_registry
 
             _PREDICTORS[setup] = Predictor(setup.task, versions=dict(setup.versions), runtime=RuntimeOptions(threads=setup.threads),
-                                           registry=load_registry(setup.registry), offline=setup.offline)
+                                           registry=load_registry(setup.registry), offline=setup.offline,
+                                           model_set=setup.model_set)
         return _PREDICTORS[setup]
 
 
@@ -176,7 +178,8 @@ def run_batch(root: Path | str, out: Path | str, values: Mapping[str, Any] | Non
     setup = setup or ModelSetup()
     settings, models = _settings(setup, values or {})
     threads = settings.runtime.threads or (1 if options.dask else default_threads(options.workers))
-    setup = replace(setup, threads=threads, registry=setup.registry or os.environ.get(ENV_REGISTRY) or None)
+    setup = replace(setup, threads=threads, registry=setup.registry or os.environ.get(ENV_REGISTRY) or None,
+                    model_set=settings.model_set)
     found = discover(root, patterns)
     entries = shard([*found.subjects, *found.problems], options.num_parts, options.part_id)
     write_description(out, root)
@@ -211,9 +214,9 @@ def _settings(setup: ModelSetup, values: Mapping[str, Any]) -> tuple[Any, dict]:
     reg = load_registry(setup.registry)
     task = reg.task(setup.task)
     versions = dict(setup.versions)
-    localizer, segmenter = (reg.model(m, versions.get(m)) for m in (task.localizer, task.segmenter))
+    localizer, segmenter = (reg.model(m, versions.get(m)) for m in task.models(values.get("model_set")))
     models = {"task": task.name, "classes": segmenter.classes,
-              "models": {s.name: {"version": s.version, "sha256": s.sha256} for s in (localizer, segmenter)}}
+              "models": {s.name: s.provenance() for s in (localizer, segmenter)}}
     return configure(segmenter, values), models
 
 

@@ -76,7 +76,8 @@ def _add_parameter(p: argparse.ArgumentParser, spec: ParamSpec) -> None:
         p.add_argument(spec.option, dest=dest, action="store_true", help=text)
     else:
         kind = int if spec.kind is ParamKind.INT else str
-        p.add_argument(spec.option, dest=dest, type=kind, default=spec.default, metavar=spec.metavar, help=text)
+        p.add_argument(spec.option, dest=dest, type=kind, default=spec.default, metavar=spec.metavar, help=text,
+                       choices=spec.choices or None)
 
 
 def per_class(values: Sequence[str] | None, classes: Sequence[str], option: str) -> dict[str, str] | None:
@@ -135,37 +136,53 @@ def configure_logging(verbosity: int) -> logging.Handler:
 
 def list_tasks() -> str:
     from .download import is_installed
-    from .registry import load_registry
+    from .registry import DEFAULT_MODEL_SET, load_registry
 
     reg = load_registry()
     lines = []
     for task in reg.tasks.values():
         lines.append(f"{task.name} (alias: {', '.join(task.aliases)})  inputs: {' '.join(task.contrasts)}")
         lines.append(f"    {task.description}")
-        for model in (task.localizer, task.segmenter):
-            spec = reg.model(model)
-            state = "installed" if is_installed(spec) else "not installed"
-            lines.append(f"    model {spec.name} {spec.version} [{state}] versions: {', '.join(reg.versions(model))}")
+        for model_set in (DEFAULT_MODEL_SET, *task.model_sets):
+            for model in task.models(model_set):
+                spec = reg.model(model)
+                state = "installed" if is_installed(spec) else "not installed"
+                lines.append(f"    -model-set {model_set}: model {spec.name} {spec.version} [{state}] "
+                             f"versions: {', '.join(reg.versions(model))}")
     return "\n".join(lines)
 
 
-def install(task_name: str, source: str | None, offline: bool, versions: dict) -> list[Path]:
-    """Install the task's models: download them, or import from a folder holding them or one model file."""
+def install(task_name: str, source: str | None, offline: bool, versions: dict, model_set: str | None = None) -> list[Path]:
+    """Install the task's models (of ``model_set``): download them, or import from a folder holding
+    them (or the reference toolbox's model folders) or one model file."""
+    from .archive import git_blob_sha1
     from .download import ensure_model, import_model, sha256sum
     from .registry import load_registry
 
     reg = load_registry()
     task = reg.task(task_name)
-    specs = [reg.model(m, versions.get(m)) for m in (task.localizer, task.segmenter)]
+    specs = [reg.model(m, versions.get(m)) for m in task.models(model_set)]
     if not source:
         return [ensure_model(spec, offline=offline, progress=True) for spec in specs]
     path = Path(source)
     if not path.exists():
         raise DeepsegError(f"--from {path} does not exist: give the downloaded model file or the folder that holds the task's models")
     if path.is_dir():
+        from .toolbox import find_folders, install_folder
+
+        if find_folders(path):  # the reference toolbox's model folders (ONNX + ivadomed JSON)
+            return install_folder(path, reg, task.name)
         return [import_model(spec, path) for spec in specs]
-    digest = sha256sum(path) if path.is_file() else None
-    matching = [spec for spec in specs if spec.sha256 == digest]
+    if path.name.lower().endswith(".zip"):  # a published model folder's tag archive
+        from .archive import archive_members, member_name
+
+        matching = [spec for spec in specs if spec.blob_sha1 and member_name(archive_members(path), spec.file)]
+        if not matching:
+            raise DeepsegError(f"{path} holds none of this model set's files ({', '.join(s.file for s in specs)}) in its top "
+                               "folder: give the archive of a published model folder (see -model-set)")
+        return [import_model(spec, path) for spec in matching]
+    digest, blob = (sha256sum(path), git_blob_sha1(path)) if path.is_file() else (None, None)
+    matching = [spec for spec in specs if spec.sha256 == digest or (spec.blob_sha1 and spec.blob_sha1 == blob)]
     if not matching:
         expected = ", ".join(f"{s.key} ({s.file}, sha256 {s.sha256[:12]}...)" for s in specs)
         raise DeepsegError(f"{path} is none of this task's model files ({expected}): give the right file or a folder holding them")
@@ -177,12 +194,13 @@ def run(args: argparse.Namespace) -> int:
 
     reg = load_registry()
     task = reg.task(args.task)
-    versions = {m: v for m, v in ((task.localizer, args.localizer_version), (task.segmenter, args.segmenter_version)) if v}
+    localizer, segmenter = task.models(args.model_set)
+    versions = {m: v for m, v in ((localizer, args.localizer_version), (segmenter, args.segmenter_version)) if v}
     if args.list_tasks:
         print(list_tasks())
         return 0
     if args.install:
-        for path in install(task.name, args.source, args.offline, versions):
+        for path in install(task.name, args.source, args.offline, versions, args.model_set):
             log.info("installed %s", path)
         return 0
     t2, t1 = order_inputs(args.i, args.c, task.contrasts)
@@ -191,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_input_file(t2, "T2w")
     check_input_file(t1, "T1w")
-    seg_spec = reg.model(task.segmenter, versions.get(task.segmenter))
+    seg_spec = reg.model(segmenter, versions.get(segmenter))
     values = user_values(args, parameters(seg_spec.postprocessing), seg_spec.classes)
     settings = configure(seg_spec, values, naming=lambda spec, _cls: spec.option)
     from .outputs import output_keys, output_paths
@@ -206,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         check_report(settings.qc, t2, {"T2w": t2, "T1w": t1}, settings.overwrite)
 
     predictor = Predictor(task.name, versions=versions, runtime=settings.runtime, registry=reg,
-                          offline=args.offline, progress=args.v > 0)
+                          offline=args.offline, progress=args.v > 0, model_set=settings.model_set)
     outputs = predictor.run_files(t2, t1, settings.out_dir, settings.post, qc=settings.qc, command=args.command_line,
                                   overwrite=settings.overwrite)
     for key, path in outputs.items():

@@ -64,8 +64,12 @@ def sha256sum(path: Path | str) -> str:
 
 
 def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Path:
-    """A local file whose size and sha256 match ``spec``: cached, bundled, else downloaded."""
+    """A local file whose size and sha256 match ``spec``: cached, bundled, else downloaded.
+
+    An entry known by its git blob SHA-1 only (a published model folder, see :mod:`archive`) is
+    checked by the sha256 and size recorded at its first verified install, else by that hash."""
     target = _cached_path(spec)
+    spec = verified_spec(spec)
     problems: list[str] = []
     local = _find_local(spec, target, problems)
     if local is not None:
@@ -81,9 +85,9 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
         raise DeepsegError(_failure_message(spec, target, problems, "no download URL in the registry"))
 
     def get() -> None:
-        from . import fetch
+        from . import archive, fetch
 
-        errors = fetch.download(spec, target, progress)
+        errors = archive.download(spec, target, progress) if spec.blob_sha1 else fetch.download(spec, target, progress)
         if errors:
             raise DeepsegError(_failure_message(spec, target, problems + errors, "every download failed"))
     return _install(spec, target, get)
@@ -91,7 +95,14 @@ def ensure_model(spec: ModelSpec, *, offline: bool = False, progress: bool = Tru
 
 def is_installed(spec: ModelSpec) -> bool:
     """Whether a verified copy is cached or bundled (no network; hashes the file)."""
-    return _find_local(spec, _cached_path(spec), []) is not None
+    return _find_local(verified_spec(spec), _cached_path(spec), []) is not None
+
+
+def verified_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the sha256 and size recorded when its blob-verified file was installed."""
+    from .archive import with_record
+
+    return with_record(spec, _cached_path(spec))
 
 
 def import_model(spec: ModelSpec, source: Path | str) -> Path:
@@ -100,6 +111,8 @@ def import_model(spec: ModelSpec, source: Path | str) -> Path:
 
     src = _import_source(spec, Path(source).expanduser())
     target = _cached_path(spec)
+    if spec.blob_sha1:
+        return _import_blob(spec, src, target)
     try:
         problem = _problem(src, spec)
         if problem is not None:
@@ -108,6 +121,25 @@ def import_model(spec: ModelSpec, source: Path | str) -> Path:
     except fetch.FetchError as exc:
         where = " or ".join(spec.remote_sources()) or "the model release"
         raise DeepsegError(f"{src} is not {spec.key}: {exc}: get the right file from {where}") from None
+    log.info("installed %s from %s into %s", spec.key, src, target)
+    return target
+
+
+def _import_blob(spec: ModelSpec, src: Path, target: Path) -> Path:
+    """Install a blob-verified model from its file or a zip archive of its folder."""
+    from . import archive
+
+    def get() -> None:
+        try:
+            if src.name.lower().endswith(".zip"):
+                archive.extract_verified(src, spec, target)
+            else:
+                with open(src, "rb") as fh:
+                    archive.place_verified(fh, spec, target)
+        except ValueError as exc:
+            where = " or ".join(spec.remote_sources()) or "the model release"
+            raise DeepsegError(f"{src} is not {spec.key}: {exc}: get the right file from {where}") from None
+    _install(spec, target, get)
     log.info("installed %s from %s into %s", spec.key, src, target)
     return target
 
@@ -158,11 +190,17 @@ def _cached_path(spec: ModelSpec) -> Path:
 
 
 def _problem(path: Path, spec: ModelSpec) -> str | None:
-    """What keeps ``path`` from being the model (size first, then sha256), or None when it is it."""
+    """What keeps ``path`` from being the model (size first, then sha256; the git blob SHA-1 for an
+    entry known by that only), or None when it is it."""
     try:
         size = path.stat().st_size
         if not path.is_file():
             return "not a file"
+        if not spec.sha256:
+            from .archive import git_blob_sha1
+
+            blob = git_blob_sha1(path)
+            return None if blob == spec.blob_sha1 else f"git blob SHA-1 {blob}, expected {spec.blob_sha1}"
         if size != spec.size:
             with open(path, "rb") as fh:
                 lfs = fh.read(64).startswith(b"version https://git-lfs")
@@ -251,7 +289,7 @@ def _import_source(spec: ModelSpec, source: Path) -> Path:
         return source
     if not source.is_dir():
         raise DeepsegError(f"{source} does not exist: pass the downloaded {spec.file} or the folder that contains it")
-    for candidate in (source / spec.file, source / spec.name / spec.version / spec.file,
+    for candidate in (source / spec.file, source / spec.name / spec.file, source / spec.name / spec.version / spec.file,
                       source / "models" / spec.name / spec.version / spec.file):
         if candidate.is_file():
             return candidate
@@ -265,12 +303,18 @@ def _import_source(spec: ModelSpec, source: Path) -> Path:
 def _import_hint(spec: ModelSpec, target: Path) -> str:
     from .registry import load_registry
 
-    task = "<task>"  # the task that uses this model, for the -install command
+    task = "<task>"  # the task (and model set) that uses this model, for the -install command
     path = spec.registry_dir / "model_registry.json"
     with contextlib.suppress(DeepsegError):
         registry = load_registry(path if path.is_file() else None)
-        task = next((t.name for t in registry.tasks.values() if spec.name in (t.localizer, t.segmenter)), task)
-    return (f"download {spec.file} (sha256 {spec.sha256}, {spec.size} bytes) on a machine with internet and run "
+        for t in registry.tasks.values():
+            found = [s for s in ("phantom", *t.model_sets) if spec.name in t.models(s)]
+            if found:
+                task = t.name + ("" if found[0] == "phantom" else f" -model-set {found[0]}")
+                break
+    checksum = (f"sha256 {spec.sha256}, {spec.size} bytes" if spec.sha256 else
+                f"git blob SHA-1 {spec.blob_sha1}, in {' or '.join(spec.remote_sources()) or 'its release'}")
+    return (f"download {spec.file} ({checksum}) on a machine with internet and run "
             f"`imsct_deepseg -install {task} --from <file-or-folder>`, or copy it to {target}")
 
 

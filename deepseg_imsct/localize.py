@@ -18,8 +18,10 @@ import numpy as np
 from .errors import DeepsegError
 from .grid import Grid, apply_affine, resample, working_grid
 from .io import Volume
-from .primitives import MM3_PER_CM3, connected_components, dilate, zscore
+from .primitives import MM3_PER_CM3, connected_components, dilate, zscore, zscore_window
 from .registry import ModelSpec
+from .semantics import BlockRounding, BoxRule, GridKind, LocalizerKeep, NormScope
+from .zoomgrid import unzoom, zoom_grid, zoom_onto
 
 if TYPE_CHECKING:
     from .inference import OnnxModel  # the localizer: any callable (B, 1, *patch) -> (B, 1, *patch) with a .spec
@@ -38,9 +40,22 @@ class Box:
         return grid.subgrid(self.start, self.size)
 
 
-def centred_block(grid: Grid, size: Sequence[int]) -> Grid:
-    """The ``size`` block centred on ``grid`` (cropping or zero-padding each axis)."""
-    start = tuple(int((n - s) // 2) for n, s in zip(grid.shape, size))
+@dataclass(frozen=True)
+class Cord:
+    """The localizer's cord: a boolean ``mask`` on ``grid`` (the localizer's block, or the native
+    grid reoriented to SAR for models whose box is taken there)."""
+
+    mask: np.ndarray
+    grid: Grid
+
+
+def centred_block(grid: Grid, size: Sequence[int], rounding: BlockRounding = BlockRounding.FLOOR) -> Grid:
+    """The ``size`` block centred on ``grid`` (cropping or zero-padding each axis); its start is
+    ``(n - size) / 2`` floored, or rounded half to even (``int(round(...))``, the reference's)."""
+    if rounding is BlockRounding.HALF_EVEN:
+        start = tuple(int(round((n - s) / 2.0)) for n, s in zip(grid.shape, size))
+    else:
+        start = tuple(int((n - s) // 2) for n, s in zip(grid.shape, size))
     return grid.subgrid(start, tuple(size))
 
 
@@ -65,43 +80,63 @@ def cord_components(mask: np.ndarray, min_voxels: int = 1, piece_fraction: float
     return (counts >= max(1.0, piece_fraction * largest))[labels]
 
 
+def model_grid(native: Grid, spec: ModelSpec) -> Grid:
+    """The model's working grid for a scan on ``native`` (see ``spec.semantics.grid``)."""
+    if spec.semantics.grid is GridKind.ZOOM:
+        return zoom_grid(native, spec.spacing_mm).grid
+    return working_grid(native, spec.spacing_mm)
+
+
 def localizer_block(native: Grid, spec: ModelSpec) -> Grid:
     """The localizer's single input block: its patch, centred on the scan's working grid."""
-    return centred_block(working_grid(native, spec.spacing_mm), spec.patch_size)
+    return centred_block(model_grid(native, spec), spec.patch_size, spec.semantics.block_rounding)
 
 
-def on_block(volume: Volume, block: Grid) -> np.ndarray:
-    """``volume`` resampled (trilinear) onto ``block``, NaN outside its field of view."""
+def on_block(volume: Volume, block: Grid, spec: ModelSpec | None = None) -> np.ndarray:
+    """``volume`` on ``block``, NaN outside its field of view: trilinear through the affines, or,
+    for a ``spec`` whose grid is a zoom of this volume's, zoomed with its image order."""
+    if spec is not None and spec.semantics.grid is GridKind.ZOOM:
+        return zoom_onto(volume.data, zoom_grid(volume.grid, spec.spacing_mm), block, spec.semantics.image_order, np.nan)
     return resample(volume.data, volume.grid, block, order=1, fill=np.nan)
 
 
-def find_cord(values: np.ndarray, block: Grid, model: OnnxModel) -> np.ndarray | None:
+def localizer_probability(values: np.ndarray, model: OnnxModel) -> np.ndarray:
+    """The localizer's probability on its block from a scan on it (:func:`on_block`), normalized
+    as its semantics say (window: zero padding included)."""
+    if model.spec.semantics.normalization is NormScope.WINDOW:
+        return model(zscore_window(np.nan_to_num(values, nan=0.0))[None, None])[0, 0]
+    return model(zscore(values)[None, None])[0, 0]  # = model_input([(data, grid)], block)[None]
+
+
+def find_cord(values: np.ndarray, block: Grid, model: OnnxModel, prob: np.ndarray | None = None) -> np.ndarray | None:
     """The plausible cord on the localizer's ``block`` (:func:`cord_components`), or None.
 
-    ``values``: a scan on ``block`` (:func:`on_block`). Only voxels inside the scan's field of
-    view are plausible: predictions in the block's padding (a field of view smaller than the
-    block) are dropped before the components are counted.
+    ``values``: a scan on ``block`` (:func:`on_block`); ``prob``: the localizer's output on it if
+    already computed. Only voxels inside the scan's field of view are plausible: predictions in
+    the block's padding (a field of view smaller than the block) are dropped before the
+    components are counted.
     """
     spec = model.spec
-    prob = model(zscore(values)[None, None])[0, 0]  # = model_input([(data, grid)], block)[None]
+    prob = (localizer_probability(values, model) if prob is None else prob).copy()
     prob[np.isnan(values)] = 0.0
     post = spec.postprocessing[spec.classes[0]]
     min_voxels = max(1, int(np.ceil(post.min_volume_cm3 * MM3_PER_CM3 / block.voxel_volume_mm3)))
     return cord_components(prob >= post.threshold, min_voxels)
 
 
-def localize(t2: Volume, t1: Volume, t2_block: np.ndarray, block: Grid, model: OnnxModel) -> np.ndarray | None:
-    """Stage 1 on the T2w (``t2_block``: :func:`on_block` of it): the cord on ``block``, or None
-    (then: the whole field of view, with a warning). Inputs whose contrasts look swapped
+def localize(t2: Volume, t1: Volume, t2_block: np.ndarray, block: Grid, model: OnnxModel) -> Cord | None:
+    """Stage 1 on the T2w (``t2_block``: :func:`on_block` of it): the cord (:func:`kept_cord`), or
+    None (then: the whole field of view, with a warning). Inputs whose contrasts look swapped
     (:func:`check_order`) are refused."""
-    cord = find_cord(t2_block, block, model)
+    prob = localizer_probability(t2_block, model)
+    cord = find_cord(t2_block, block, model, prob)
     t1_block = on_block(t1, block)
     if cord is not None and csf_evidence(cord, t2_block, t1_block)[0] > SWAP_MARGIN:
-        return cord  # the T2w's own cord confirms the order: no second localizer pass
+        return kept_cord(cord, prob, block, t2, model.spec)  # the T2w's own cord confirms the order
     other = find_cord(t1_block, block, model)
     check_order(t2, t1, cord, other, t2_block, t1_block)
     if cord is not None:
-        return cord
+        return kept_cord(cord, prob, block, t2, model.spec)
     if other is not None:
         log.warning("no spinal cord found in the T2w %s but one in the T1w %s: the inputs look swapped "
                     "(give the T2w first, or use -c); segmenting the whole field of view", t2.name, t1.name)
@@ -127,7 +162,7 @@ def csf_evidence(cord: np.ndarray, first: np.ndarray, second: np.ndarray) -> tup
     shell = dilate(cord, 1) & ~cord
     logs = []
     for values in (first, second):
-        inner, outer = np.nanmedian(values[cord]), np.nanmedian(values[shell]) if shell.any() else np.nan
+        inner, outer = (float(np.nanmedian(v)) if np.isfinite(v).any() else np.nan for v in (values[cord], values[shell]))
         logs.append(np.log(outer / inner) if inner > 0 and outer > 0 else np.nan)
     if not np.all(np.isfinite(logs)):
         return 0.0, 0.0
@@ -217,3 +252,78 @@ def box_for_mask(
     corners = work.corners_mm() if mask is None else mask_extent_mm(mask, mask_grid)
     factor = (1.0, 1.0, 1.0) if mask is None else safety_factor
     return crop_box(corners, work, factor, patch, stride), work
+
+
+def kept_cord(found: np.ndarray, prob: np.ndarray, block: Grid, t2: Volume, spec: ModelSpec) -> Cord | None:
+    """The cord the box is taken from. ``found``: :func:`find_cord`'s pieces on ``block``;
+    ``prob``: the localizer's output there. With ``localizer_keep`` 'largest' (the reference's),
+    ``prob`` goes back to the T2w's native grid (zeros outside the block, the prediction order),
+    voxels at or below the noise floor are zeroed, the rest binarized at the class threshold and
+    the largest 6-connected component kept ('all': every one), on the native grid reoriented to
+    SAR; None when nothing is left."""
+    sem = spec.semantics
+    if sem.localizer_keep is LocalizerKeep.PIECES:
+        return Cord(found, block)
+    zoom = zoom_grid(t2.grid, spec.spacing_mm)
+    if sem.grid is GridKind.ZOOM:
+        values = unzoom(prob, zoom, block, sem.prediction_order, native_order=False)
+    else:
+        values = resample(prob, block, zoom.reoriented, order=sem.prediction_order, fill=0.0)
+    values[values <= sem.noise_floor] = 0.0
+    mask = values >= np.float32(spec.postprocessing[spec.classes[0]].threshold)
+    if sem.localizer_keep is LocalizerKeep.ALL:
+        return Cord(mask, zoom.reoriented) if mask.any() else None
+    labels, n = connected_components(mask, connectivity=1)
+    if n == 0:
+        return None
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return Cord(labels == int(np.argmax(counts)), zoom.reoriented)
+
+
+def first_component_bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Inclusive (min, max) voxel index per axis of the 6-connected component of ``mask`` holding
+    its first voxel in C-order scan (the reference's ``get_bounding_boxes(mask)[0]``)."""
+    labels, _ = connected_components(mask, connectivity=1)
+    first = labels.ravel()[np.flatnonzero(labels.ravel())[0]]
+    idx = np.nonzero(labels == first)
+    return [int(i.min()) for i in idx], [int(i.max()) for i in idx]
+
+
+def reference_box(lo: Sequence[int], hi: Sequence[int], factors: Sequence[float], safety_factor: Sequence[float],
+                  patch: Sequence[int], stride: Sequence[int]) -> Box:
+    """The reference's crop box on a zoom grid from an inclusive native box ``lo..hi`` (SAR voxels).
+
+    Per axis: enlarged by the safety factor about its centre (``//`` floors; a start below 0 is
+    shifted to 0, not truncated), scaled by the nominal zoom ``factors``, then at least ``patch``
+    and grown to ``patch + k * stride``; anchored at its start, all growth on the far side.
+    """
+    start, size = [], []
+    for a, b, f, s, p, m in zip(lo, hi, factors, safety_factor, patch, stride):
+        length = (b - a) * s
+        native_first = int(round(max(a - (length - (b - a)) // 2, 0)))
+        native_last = int(native_first + length)
+        first = int(round(max(native_first * f, 0)))
+        last = int(first + (native_last - native_first) * f)
+        n = max(last - first, p)
+        n += (m - (n - p) % m) % m
+        start.append(first)
+        size.append(int(n))
+    return Box(tuple(start), tuple(size))
+
+
+def crop_for(cord: Cord | None, native: Grid, spec: ModelSpec) -> tuple[Box, Grid]:
+    """The segmenter's crop box and the working grid it is on, by ``spec.semantics.box``.
+
+    No cord: the whole field of view, rounded up to whole windows."""
+    if spec.semantics.box is BoxRule.CORD_PIECES:
+        return box_for_mask(None if cord is None else cord.mask, native if cord is None else cord.grid, native,
+                            spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
+    zoom = zoom_grid(native, spec.spacing_mm)
+    if cord is None:
+        return reference_box((0, 0, 0), zoom.reoriented.shape, zoom.factors, (1, 1, 1), spec.patch_size, spec.stride), zoom.grid
+    same = cord.grid.shape == zoom.reoriented.shape and np.allclose(cord.grid.affine, zoom.reoriented.affine)
+    mask = cord.mask if same else resample(
+        cord.mask.astype(np.float32), cord.grid, zoom.reoriented, order=1, fill=0.0) >= 0.5
+    lo, hi = first_component_bounds(mask)
+    return reference_box(lo, hi, zoom.factors, spec.safety_factor, spec.patch_size, spec.stride), zoom.grid

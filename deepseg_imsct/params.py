@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported where used: describing parameters (the command's -
     from .postprocess import ClassPost, PostprocessConfig
     from .registry import ClassDefaults, ModelSpec
 
+MODEL_SETS = ("phantom", "sct")  # the registry's model sets of the task (registry.TaskSpec.models), the default first
 MAX_THREADS = 1024  # ONNX Runtime's thread count is a C int; no CPU has more cores than this
 MAX_VOLUME_CM3 = 1000  # a litre: larger than any spinal cord, so removing smaller components removes all
 VOLUME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(cm3|mm3|vox)?\s*$")
@@ -36,6 +37,7 @@ class ParamKind(str, Enum):
     INT = "int"
     PATH = "path"
     VOLUME = "volume"  # a number: cm³; text needs a unit, as sct_deepseg's: '0.2cm3', '200mm3', '100vox'
+    CHOICE = "choice"  # one of ``ParamSpec.choices``
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ParamSpec:
     metavar: str = ""
     label: str = ""  # the form's label
     invalid: str = "{where}: {value} is outside [{minimum}, {maximum}]"
+    choices: tuple[str, ...] = ()  # the values of a CHOICE
 
     def convert(self, raw: Any, where: str) -> Any:
         """A value as the user gave it (command text, a form widget's value, a Python value),
@@ -73,6 +76,10 @@ class ParamSpec:
                 raise DeepsegError(f"{where}: {what} is not a folder path (give a str or pathlib.Path, without NUL characters)")
             text = str(raw).strip() if raw is not None else ""
             return Path(text).expanduser() if text else None
+        if self.kind is ParamKind.CHOICE:
+            if raw not in self.choices:
+                raise DeepsegError(f"{where}: {raw!r} is not one of {', '.join(self.choices)}")
+            return str(raw)
         if self.kind is ParamKind.BOOL:
             if isinstance(raw, str) and raw not in ("0", "1"):
                 raise DeepsegError(f"{where}: '{raw}' is not 0 or 1")
@@ -150,6 +157,9 @@ def parameters(defaults: Mapping[str, ClassDefaults]) -> list[ParamSpec]:
         ParamSpec("overwrite", ParamKind.BOOL, False, "Replace existing output files that this tool did not write, "
                   "that were changed since, or that another T2w of the same name produced (inputs are never replaced)",
                   option="-overwrite", label="Replace files not written by this tool"),
+        ParamSpec("model_set", ParamKind.CHOICE, MODEL_SETS[0], "Models: 'phantom' (trained on phantoms, shipped with the "
+                  "package, offline) or 'sct' (the study's published real-data models, downloaded once; see "
+                  "docs/published-models.md)", option="-model-set", metavar="SET", label="Models", choices=MODEL_SETS),
         ParamSpec("threads", ParamKind.INT, 0, "CPU threads for ONNX Runtime (0: physical cores)", False, 0, MAX_THREADS,
                   option="-threads", metavar="N", label="CPU threads",
                   invalid="{where} must be from 0 to {maximum} (0 lets ONNX Runtime use the physical cores)"),
@@ -165,6 +175,7 @@ class Settings:
     out_dir: Path | None = None
     qc: Path | None = None
     overwrite: bool = False
+    model_set: str = MODEL_SETS[0]
 
 
 Naming = Callable[[ParamSpec, "str | None"], str]
@@ -204,17 +215,26 @@ def configure(model: ModelSpec, values: Mapping[str, Any], naming: Naming = by_n
 
     specs = parameters(model.postprocessing)
     v = convert_all(specs, model.classes, values, naming)
-    post = PostprocessConfig({c: _class_post(v, c) for c in model.classes}, soft=bool(v["soft"]) or _soft_threshold(v["threshold"], next(p for p in specs if p.name == "threshold"), naming))
-    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], v["qc"], bool(v["overwrite"]))
+    given = values.get("min_volume_cm3")  # a user's minimum volume replaces the registry's minimum voxel count
+    replaced = set() if given is None else set(given) if isinstance(given, Mapping) else set(model.classes)
+    soft = bool(v["soft"]) or _soft_threshold(v["threshold"], next(p for p in specs if p.name == "threshold"), naming)
+    post = PostprocessConfig({c: _class_post(v, model, c, c in replaced) for c in model.classes}, soft=soft)
+    return Settings(post, RuntimeOptions(threads=int(v["threads"])), v["out_dir"], v["qc"], bool(v["overwrite"]),
+                    v["model_set"])
 
 
-def _class_post(v: Mapping[str, Any], cls: str) -> ClassPost:
+def _class_post(v: Mapping[str, Any], model: ModelSpec, cls: str, replaced: bool) -> ClassPost:
+    """One class's post-processing: the user's values, the registry's voxel count unless the user
+    gave a volume, and the order and hole connectivity of the model's semantics."""
     from .postprocess import ClassPost
 
+    sem = model.semantics
+    order = {"remove_first": sem.postprocess_order.value == "remove_then_fill", "hole_connectivity": sem.hole_connectivity}
     volume = v["min_volume_cm3"][cls]
     if isinstance(volume, Voxels):
-        return ClassPost(v["threshold"][cls], v["fill_holes"][cls], 0.0, volume.count)
-    return ClassPost(v["threshold"][cls], v["fill_holes"][cls], volume)
+        return ClassPost(v["threshold"][cls], v["fill_holes"][cls], 0.0, volume.count, **order)
+    voxels = 0 if replaced else model.postprocessing[cls].min_voxels
+    return ClassPost(v["threshold"][cls], v["fill_holes"][cls], volume, voxels, **order)
 
 
 def _soft_threshold(thresholds: Mapping[str, float], spec: ParamSpec, naming: Naming) -> bool:

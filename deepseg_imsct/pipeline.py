@@ -27,12 +27,12 @@ from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
 from .limits import check_work
 from .logs import collect_warnings
-from .localize import box_for_mask, localize, localizer_block, on_block
+from .localize import crop_for, localize, localizer_block, on_block
 from .outputs import DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
-from .registry import ModelSpec, Registry, load_registry
-from .resample_back import localization_masks, native_block, reach_box
+from .registry import DEFAULT_MODEL_SET, ModelSpec, Registry, load_registry
+from .resample_back import localization_masks, native_block, native_values, reach_box
 from .segment import model_input, n_windows, sliding_window
 from .qc_report import check_report, write_report
 from .stats import case_stats, stats_row, tsv_text
@@ -81,13 +81,14 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
-                 timings: dict[str, float], exclusive: bool = False) -> dict[str, nib.Nifti1Image]:
+                 timings: dict[str, float], exclusive: bool = False, spec: ModelSpec | None = None) -> dict[str, nib.Nifti1Image]:
     """The segmenter's (K, *crop_grid.shape) probabilities back on the T2w grid, one image per class.
 
     Masks are resampled only where their class's threshold can be reached (:func:`reach_box`) and
     post-processed on that block, whose border then acts as the image's: the same result as on
     the whole grid, since the mask is empty outside the block. Soft outputs (probabilities) cover
-    the crop's whole footprint. Zero elsewhere. ``exclusive`` (a softmax model, the last class
+    the crop's whole footprint. Zero elsewhere. ``spec``: the segmenter, whose semantics say how
+    to go back (:func:`native_values`). ``exclusive`` (a softmax model, the last class
     the union): every class on the union's block, post-processed together
     (:func:`postprocess_exclusive`).
     """
@@ -103,8 +104,8 @@ def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequen
             return {name: mask_image(uncrop(masks[name], start, grid.shape, order="F"), t2.image) for name in classes}
     for i, name in enumerate(classes):
         with _timed(timings, "resample_back"):
-            box = None if post.soft else reach_box(probs[i], post.classes[name].threshold)
-            block, start = native_block(probs[i], crop_grid, grid, box=box)
+            threshold = None if post.soft else post.classes[name].threshold
+            block, start = native_values(probs[i], crop_grid, grid, spec, threshold)
         with _timed(timings, "postprocess"):
             values = block if post.soft else postprocess(block, post.classes[name], grid.voxel_volume_mm3)
             images[name] = mask_image(uncrop(values, start, grid.shape, order="F"), t2.image)
@@ -153,19 +154,20 @@ def _cascade(t2: Volume, t1: Volume, localizer: OnnxModel, segmenter: OnnxModel,
     with _timed(timings, "resample"):  # the T2w onto the localizer's block
         block = localizer_block(t2.grid, localizer.spec)
         check_work(block.shape, 2, 1, f"the localizer's block for T2w {t2.name}")
-        t2_block = on_block(t2, block)
+        t2_block = on_block(t2, block, localizer.spec)
     with _timed(timings, "localize"):
         cord = localize(t2, t1, t2_block, block, localizer)
     with _timed(timings, "crop"):
-        box, work = box_for_mask(cord, block, t2.grid, spec.spacing_mm, spec.safety_factor, spec.patch_size, spec.stride)
+        box, work = crop_for(cord, t2.grid, spec)
         crop_grid = box.on(work)
         check_work(crop_grid.shape, len(spec.contrasts), len(spec.classes), _crop_name(t2, spec, cord is None))
-        x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid)
+        x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid, spec.semantics, spec.spacing_mm)
     with _timed(timings, "segment"):
-        probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size, _bar(progress, x.shape[1:], spec))
-    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive")
+        probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size,
+                               _bar(progress, x.shape[1:], spec), normalize_windows=spec.semantics.normalization.value == "window")
+    masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive", spec=spec)
     with _timed(timings, "postprocess"):
-        cord_native, box_native = localization_masks(cord, block, crop_grid, t2.grid)
+        cord_native, box_native = localization_masks(cord, crop_grid, t2.grid)
     with _timed(timings, "stats"):
         stats = None if post.soft else case_stats({c: np.asarray(m.dataobj) for c, m in masks.items()}, cord_native, t2, t1)
     return Result(
@@ -210,24 +212,28 @@ class Predictor:
         registry: Registry | None = None,
         offline: bool = False,
         progress: bool = False,
+        model_set: str | None = None,
     ):
         self.registry = registry or load_registry()
         self.task = self.registry.task(task)
+        self.model_set = model_set or DEFAULT_MODEL_SET  # 'phantom' (shipped) or 'sct' (published, see -model-set)
+        localizer, segmenter = self.task.models(self.model_set)
         versions = dict(versions or {})
-        unknown = set(versions) - {self.task.localizer, self.task.segmenter}
+        unknown = set(versions) - {localizer, segmenter}
         if unknown:
-            raise DeepsegError(f"no model named {', '.join(sorted(unknown))} in task {self.task.name}: models are {self.task.localizer}, {self.task.segmenter}")
+            raise DeepsegError(f"no model named {', '.join(sorted(unknown))} in task {self.task.name}: models are {localizer}, {segmenter}")
         self.progress = progress
         self.runtime = runtime
         self.last_timings: dict[str, float] = {}  # seconds per stage of the last run_files call
-        self.localizer = self._load(self.task.localizer, versions.get(self.task.localizer), offline)
-        self.segmenter = self._load(self.task.segmenter, versions.get(self.task.segmenter), offline)
+        self.localizer = self._load(localizer, versions.get(localizer), offline)
+        self.segmenter = self._load(segmenter, versions.get(segmenter), offline)
 
     def _load(self, name: str, version: str | None, offline: bool) -> OnnxModel:
-        from .download import ensure_model
+        from .download import ensure_model, verified_spec
 
         spec = self.registry.model(name, version)
-        return OnnxModel(ensure_model(spec, offline=offline, progress=self.progress), spec, self.runtime)
+        path = ensure_model(spec, offline=offline, progress=self.progress)
+        return OnnxModel(path, verified_spec(spec), self.runtime)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -251,7 +257,8 @@ class Predictor:
             "Name": TOOL_NAME,
             "Version": __version__,
             "Task": self.task.name,
-            "Models": {m.spec.name: {"version": m.spec.version, "sha256": m.spec.sha256} for m in (self.localizer, self.segmenter)},
+            "ModelSet": self.model_set,
+            "Models": {m.spec.name: m.spec.provenance() for m in (self.localizer, self.segmenter)},
         }
 
     def run_files(
@@ -325,6 +332,7 @@ def segment_files(t2_path, t1_path, out_dir=None, task: str = DEFAULT_TASK, *, r
     """One-call API: segment one pair of files with parameters named as in :func:`params.parameters`
     (e.g. ``qc="qc"``, ``threshold=0.6``); returns {output key: path} with ``.stats``."""
     registry = registry or load_registry()
-    settings = configure(registry.model(registry.task(task).segmenter), {"out_dir": out_dir, **values})
-    predictor = Predictor(task, runtime=settings.runtime, registry=registry)
+    segmenter = registry.task(task).models(values.get("model_set"))[1]
+    settings = configure(registry.model(segmenter), {"out_dir": out_dir, **values})
+    predictor = Predictor(task, runtime=settings.runtime, registry=registry, model_set=settings.model_set)
     return predictor.run_files(t2_path, t1_path, settings.out_dir, settings.post, settings.qc, overwrite=settings.overwrite)

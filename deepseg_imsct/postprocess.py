@@ -2,7 +2,9 @@
 
 Order (the paper's, section 2.5): binarize (probability >= threshold), fill holes in 3D,
 remove connected components smaller than a physical volume in cm³. Volumes are converted to
-voxels with the native voxel volume, so results do not depend on the voxel size.
+voxels with the native voxel volume, so results do not depend on the voxel size. A model may ask
+for the reference's order (remove small, in native voxels, before filling holes, whose
+background is 26-connected): :class:`ClassPost` carries it from the model's semantics.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ class ClassPost:
     threshold: float = 0.5
     fill_holes: bool = True
     min_volume_cm3: float = 0.0
-    min_voxels: int = 0
+    min_voxels: int = 0  # when set: the smallest component in native voxels (instead of min_volume_cm3)
+    remove_first: bool = False  # remove small components before filling holes (the reference's order)
+    hole_connectivity: int = 1  # background connectivity of hole filling (1: 6-, 3: 26-connected)
 
     def min_volume_mm3(self, voxel_volume_mm3: float) -> float:
         """The smallest component kept, in mm³ of a grid with this voxel volume."""
@@ -51,11 +55,13 @@ def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
     return prob >= np.float32(threshold)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill 3D holes: background not 6-connected to the array border becomes foreground."""
+def fill_holes(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+    """Fill 3D holes: background not connected to the array border becomes foreground
+    (``connectivity`` in orthogonal hops: 1 faces, 3 corners, as ``binary_fill_holes`` with a
+    3x3x3 structure)."""
     if mask.size == 0:
         return mask.copy()
-    labels, n = connected_components(~mask, connectivity=1)
+    labels, n = connected_components(~mask, connectivity=connectivity)
     outside = np.zeros(n + 1, dtype=bool)  # per background component: does it touch the border?
     for axis in range(mask.ndim):
         for end in (0, -1):
@@ -64,23 +70,28 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[labels]
 
 
-def remove_small(mask: np.ndarray, min_volume_mm3: float, voxel_volume_mm3: float) -> np.ndarray:
-    """Drop 18-connected components whose volume is strictly below ``min_volume_mm3``."""
-    if min_volume_mm3 <= 0 or not mask.any():
+def remove_small(mask: np.ndarray, min_volume_mm3: float, voxel_volume_mm3: float, min_voxels: int = 0) -> np.ndarray:
+    """Drop 18-connected components whose volume is strictly below ``min_volume_mm3`` or that
+    have fewer than ``min_voxels`` voxels."""
+    if (min_volume_mm3 <= 0 and min_voxels <= 0) or not mask.any():
         return mask
     labels, _ = connected_components(mask, connectivity=2)
-    sizes = np.bincount(labels.ravel()) * voxel_volume_mm3
-    keep = sizes >= min_volume_mm3 * (1 - 1e-9)
+    counts = np.bincount(labels.ravel())
+    keep = (counts * voxel_volume_mm3 >= min_volume_mm3 * (1 - 1e-9)) & (counts >= min_voxels)
     keep[0] = False
     return keep[labels]
 
 
 def postprocess(prob: np.ndarray, post: ClassPost, voxel_volume_mm3: float) -> np.ndarray:
-    """One class: probability map -> uint8 mask (binarize, fill holes, remove small)."""
+    """One class: probability map -> uint8 mask (binarize, fill holes, remove small; or binarize,
+    remove small, fill holes with ``post.remove_first``)."""
     mask = binarize(prob, post.threshold)
+    if post.remove_first:
+        mask = remove_small(mask, post.min_volume_mm3(voxel_volume_mm3), voxel_volume_mm3)
     if post.fill_holes:
-        mask = fill_holes(mask)
-    mask = remove_small(mask, post.min_volume_mm3(voxel_volume_mm3), voxel_volume_mm3)
+        mask = fill_holes(mask, post.hole_connectivity)
+    if not post.remove_first:
+        mask = remove_small(mask, post.min_volume_mm3(voxel_volume_mm3), voxel_volume_mm3)
     return mask.astype(np.uint8)
 
 

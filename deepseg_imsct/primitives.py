@@ -61,3 +61,12 @@ def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
             grown[(slice(None),) * axis + (slice(None, -1),)] |= out[(slice(None),) * axis + (slice(1, None),)]
         out = grown
     return out
+
+
+def zscore_window(data: np.ndarray) -> np.ndarray:
+    """The reference's instance normalization of one channel: ``(x - mean) / std`` over every
+    voxel (zero padding included, population std, float32 arithmetic as numpy does it); a channel
+    with std below 1e-5 only has its mean removed. Returns float32."""
+    data = np.asarray(data, dtype=np.float32)
+    mean, std = data.mean(), data.std()
+    return (data - mean) if std < 1e-5 else (data - mean) / std

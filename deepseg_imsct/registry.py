@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import DeepsegError
+from .semantics import NATIVE, Semantics, parse_semantics
 
 REGISTRY_PATH = Path(__file__).resolve().parent / "model_registry.json"
 ENV_REGISTRY = "DEEPSEG_IMSCT_REGISTRY"  # path of another registry (custom models, tests)
 WORKING_AXES = "SAR"
 SCHEMA = 1  # the registry layout this version reads
+DEFAULT_MODEL_SET = "phantom"  # the models trained here on phantoms, shipped with the package
 OUTPUTS = ("sigmoid", "exclusive")  # independent per-class sigmoids | softmax classes + their union (last class)
 # The model facts: what a graph was trained for, written into each ONNX file's metadata at export
 # (key METADATA_KEY, JSON) and checked against the registry entry when the file is loaded.
@@ -34,6 +36,7 @@ class ClassDefaults:
     threshold: float = 0.5  # probability, voxels >= threshold are foreground
     fill_holes: bool = True  # 3D hole filling
     min_volume_cm3: float = 0.0  # connected components smaller than this are removed
+    min_voxels: int = 0  # connected components of fewer native voxels are removed (the reference's unit)
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,19 @@ class ModelSpec:
     input_name: str = "input"
     description: str = ""
     output: str = "sigmoid"  # see OUTPUTS; "exclusive": the last class is the union of the others
+    semantics: Semantics = NATIVE  # how the stages run this model (semantics.py)
+    blob_sha1: str = ""  # git blob SHA-1 of the file (published models: sha256 and size are then learnt at install)
+    model_set: str = "phantom"  # the family of models this version belongs to (see -model-set)
     registry_dir: Path = field(default=REGISTRY_PATH.parent, compare=False)
 
     @property
     def key(self) -> str:
         return f"{self.name}-{self.version}"
+
+    def provenance(self) -> dict[str, Any]:
+        """What every sidecar records of this model (and what a batch compares to resume)."""
+        return {"version": self.version, "sha256": self.sha256, "model_set": self.model_set,
+                **({"git_blob_sha1": self.blob_sha1} if self.blob_sha1 else {})}
 
     def facts(self) -> dict[str, Any]:
         """The model facts (:data:`FACTS`) as JSON-ready values."""
@@ -103,6 +114,14 @@ class TaskSpec:
     localizer: str
     segmenter: str
     citation: str = ""
+    model_sets: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # set -> (localizer, segmenter)
+
+    def models(self, model_set: str | None = None) -> tuple[str, str]:
+        """(localizer, segmenter) of ``model_set`` (default: the task's own, set 'phantom')."""
+        sets = {DEFAULT_MODEL_SET: (self.localizer, self.segmenter), **self.model_sets}
+        if (model_set or DEFAULT_MODEL_SET) not in sets:
+            raise DeepsegError(f"task {self.name} has no model set '{model_set}': model sets are {', '.join(sets)}")
+        return sets[model_set or DEFAULT_MODEL_SET]
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ def load_registry(path: Path | str | None = None) -> Registry:
                 localizer=t["localizer"],
                 segmenter=t["segmenter"],
                 citation=t.get("citation", ""),
+                model_sets={k: (str(m["localizer"]), str(m["segmenter"])) for k, m in t.get("model_sets", {}).items()},
             )
             for name, t in data["tasks"].items()
         }
@@ -195,8 +215,8 @@ def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> Mo
             name=name,
             version=version,
             file=str(v["file"]),
-            sha256=str(v["sha256"]).lower(),
-            size=int(v["size"]),
+            sha256=str(v.get("sha256", "")).lower(),
+            size=int(v.get("size", 0)),
             sources=tuple(v["sources"]),
             contrasts=tuple(v["contrasts"]),
             spacing_mm=_triple(v["spacing_mm"], float, "spacing_mm"),
@@ -209,18 +229,24 @@ def parse_entry(name: str, version: str, v: Mapping[str, Any], path: Path) -> Mo
             input_name=str(v.get("input_name", "input")),
             description=str(v.get("description", "")),
             output=str(v.get("output", "sigmoid")),
+            semantics=parse_semantics(v.get("semantics")),
+            blob_sha1=str(v.get("blob_sha1", "")).lower(),
+            model_set=str(v.get("model_set", "phantom")),
             registry_dir=path.resolve().parent,
         )
     except KeyError as exc:
         raise DeepsegError(f"{where} lacks the field {exc}: fix the registry or reinstall deepseg-imsct") from None
     except (TypeError, ValueError) as exc:
         raise DeepsegError(f"{where} has a malformed field ({exc}): fix the registry or reinstall deepseg-imsct") from None
-    if len(spec.sha256) != 64 or not spec.sources or not spec.classes or not spec.contrasts:
-        raise DeepsegError(f"{where} needs a 64-hex sha256, sources, classes and contrasts: fix the registry")
+    hashed = len(spec.sha256) == 64 or (len(spec.blob_sha1) == 40 and not spec.sha256)
+    if not hashed or not spec.sources or not spec.classes or not spec.contrasts:
+        raise DeepsegError(f"{where} needs a 64-hex sha256 (or a 40-hex blob_sha1), sources, classes and contrasts: fix the registry")
     if spec.output not in OUTPUTS:
         raise DeepsegError(f"{where} has output '{spec.output}', which this version cannot read: upgrade deepseg-imsct")
     if spec.output == "exclusive" and spec.classes[-1] != "whole-tumor":
         raise DeepsegError(f"{where}: an exclusive model's last class must be the union 'whole-tumor': fix the registry")
+    if spec.output == "exclusive" and spec.semantics != NATIVE:
+        raise DeepsegError(f"{where}: an exclusive model runs with this package's own semantics only: fix the registry")
     if spec.normalization != "zscore":
         raise DeepsegError(f"{where} asks for normalization '{spec.normalization}', which this version cannot do: upgrade deepseg-imsct")
     return spec

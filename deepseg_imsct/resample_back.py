@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .grid import Grid, Triple, bounding_box, footprint, resample, uncrop
+from .registry import ModelSpec
+from .semantics import NATIVE, GridKind
 
 REACH_MARGIN = 1e-4  # probability: float32 trilinear interpolation of values in [0, 1] errs by a few 1e-6 at most
 
@@ -39,8 +41,29 @@ def native_block(
     return resample(values, src, native.subgrid(start, size), order=order, fill=0), start
 
 
-def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1's cord (on the localizer ``block``; None: no cord) and crop box as boolean masks on
+def native_values(values: np.ndarray, crop_grid: Grid, native: Grid, spec: ModelSpec | None = None,
+                  threshold: float | None = None) -> tuple[np.ndarray, Triple]:
+    """One class's probabilities on ``crop_grid`` back on ``native``: the block that can hold a
+    result and its start (:func:`native_block`; with ``threshold``, only around the voxels that
+    can reach it). For a ``spec`` whose semantics' grid is 'zoom' (``crop_grid`` a crop of its
+    zoom grid), the whole native grid: the crop put back into the zoom grid with zeros and zoomed
+    back with the prediction order. Values at or below the noise floor become 0.
+    """
+    semantics = NATIVE if spec is None else spec.semantics
+    if semantics.grid is GridKind.ZOOM:
+        from .zoomgrid import unzoom, zoom_grid
+
+        block, start = unzoom(values, zoom_grid(native, spec.spacing_mm), crop_grid, semantics.prediction_order), (0, 0, 0)
+    else:
+        box = None if threshold is None else reach_box(values, threshold)
+        block, start = native_block(values, crop_grid, native, order=semantics.prediction_order, box=box)
+    if semantics.noise_floor > 0:
+        block[block <= np.float32(semantics.noise_floor)] = 0.0
+    return block, start
+
+
+def localization_masks(cord, crop_grid: Grid, native: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1's cord (a :class:`localize.Cord`; None: no cord) and crop box as boolean masks on
     ``native`` (Fortran order, as NIfTI stores them).
 
     The cord is resampled trilinearly and kept where it reaches 0.5 (computed only around it,
@@ -48,8 +71,8 @@ def localization_masks(cord: np.ndarray | None, block: Grid, crop_grid: Grid, na
     """
     cord_native = np.zeros(native.shape, bool, order="F")
     if cord is not None:
-        values = cord.astype(np.float32)
-        part, start = native_block(values, block, native, box=reach_box(values, 0.5))
+        values = cord.mask.astype(np.float32)
+        part, start = native_block(values, cord.grid, native, box=reach_box(values, 0.5))
         cord_native = uncrop(part >= 0.5, start, native.shape, order="F")
     part, start = native_block(np.ones(crop_grid.shape, bool), crop_grid, native, order=0)
     return cord_native, uncrop(part, start, native.shape, order="F")

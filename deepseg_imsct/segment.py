@@ -15,17 +15,38 @@ import numpy as np
 
 from .errors import DeepsegError
 from .grid import Grid, resample
-from .primitives import zscore
+from .primitives import zscore, zscore_window
+from .semantics import NATIVE, GridKind, NormScope, Semantics
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (B, C, *patch) float32 -> (B, K, *patch) float32
 
 
-def model_input(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid) -> np.ndarray:
+def model_input(images: Sequence[tuple[np.ndarray, Grid]], dst: Grid, semantics: Semantics = NATIVE,
+                spacing_mm: Sequence[float] = ()) -> np.ndarray:
     """Channels (C, *dst.shape) float32: each image resampled onto ``dst`` and z-scored.
 
     Statistics are taken inside each image's own field of view; outside it the input is 0.
+    With ``semantics.grid`` 'zoom', ``dst`` is a crop of the first image's zoom grid to
+    ``spacing_mm``: every image is zoomed with the image order (one on another grid is first
+    resampled trilinearly onto the first's), zero-padded; with ``normalization`` 'window' the
+    channels are left as they are, for :func:`sliding_window` to normalize each window.
     """
-    return np.stack([zscore(resample(data, grid, dst, order=1, fill=np.nan)) for data, grid in images])
+    if semantics.grid is GridKind.ZOOM:
+        from .zoomgrid import zoom_grid, zoom_onto
+
+        first = images[0][1]
+        zoom = zoom_grid(first, tuple(spacing_mm))
+        chans = [zoom_onto(data if _same(grid, first) else resample(data, grid, first, order=1, fill=0.0),
+                           zoom, dst, semantics.image_order) for data, grid in images]
+    else:
+        chans = [resample(data, grid, dst, order=1, fill=np.nan) for data, grid in images]
+    if semantics.normalization is NormScope.WINDOW:
+        return np.stack([np.nan_to_num(c, nan=0.0) for c in chans])
+    return np.stack([zscore(c) for c in chans])
+
+
+def _same(a: Grid, b: Grid) -> bool:
+    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-6)
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
@@ -50,11 +71,14 @@ def sliding_window(
     n_out: int,
     batch_size: int = 1,
     progress: Callable[[int], None] | None = None,
+    normalize_windows: bool = False,
 ) -> np.ndarray:
     """Predict ``volume`` (C, X, Y, Z) patch by patch and average overlapping outputs.
 
     Volumes smaller than a patch are zero-padded and cropped back. Output: (n_out, X, Y, Z)
     float32, the uniform mean of every patch prediction covering each voxel.
+    ``normalize_windows``: each window's channels are z-scored on their own
+    (:func:`primitives.zscore_window`) before the model sees them.
 
     Windows form a grid (the product of each axis's :func:`window_starts`), visited in
     row-major order, so for each window the voxels no earlier window wrote, and those no later
@@ -91,6 +115,8 @@ def sliding_window(
         batch = buffer[: len(chunk)]
         for i, window in enumerate(chunk):
             batch[i] = volume[(slice(None),) + tuple(slice(lo, hi) for lo, _, hi, _ in window)]
+            if normalize_windows:
+                batch[i] = np.stack([zscore_window(c) for c in batch[i]])
         pred = predict(batch)
         if pred.shape != (len(chunk), n_out, *patch):
             raise DeepsegError(f"model returned shape {pred.shape} for a batch of {batch.shape}: the model file is not the one the registry describes")

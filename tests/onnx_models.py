@@ -89,12 +89,14 @@ def write_registry(
     seg_post: dict | None = None,
     exclusive: bool = False,
     loc_min_volume_cm3: float = 0.0,
+    semantics: dict | None = None,
 ) -> Path:
     """A complete registry in ``folder`` with analytic localizer and segmenter files.
 
     Default segmenter: tumor = bright T1w, edema = bright T2w, cavity = bright T2w and dark
     T1w, whole = bright T1w or T2w (all as sigmoids of z-scored inputs); ``exclusive``: the same
-    classes as softmax logits against a background logit of 0 (:func:`exclusive_model`)."""
+    classes as softmax logits against a background logit of 0 (:func:`exclusive_model`).
+    ``semantics``: the registry's semantics block of both models (default: none, the package's)."""
     folder.mkdir(parents=True, exist_ok=True)
     loc = pointwise_model(np.array([[gain]]), np.array([-gain * level]), loc_patch, folder / "loc.onnx")
     if exclusive:  # logits: background 0, tumor = bright T1w, edema = bright T2w, cavity = bright T2w and dark T1w
@@ -121,11 +123,13 @@ def write_registry(
         "models": {
             "loc": {"default_version": "1.0", "versions": {"1.0": entry(
                 loc, contrasts=["t2"], spacing_mm=list(loc_spacing), patch_size=list(loc_patch), classes=["cord"],
-                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}})}},
+                postprocessing={"cord": {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": loc_min_volume_cm3}},
+                **({"semantics": semantics} if semantics else {}))}},
             "seg": {"default_version": "1.0", "versions": {"1.0": entry(
                 seg, contrasts=["t2", "t1"], spacing_mm=list(seg_spacing), patch_size=list(seg_patch),
                 stride=list(seg_stride), classes=CLASSES, safety_factor=list(safety), output="exclusive" if exclusive else "sigmoid",
-                postprocessing=seg_post or {c: {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": 0.0} for c in CLASSES})}},
+                postprocessing=seg_post or {c: {"threshold": 0.5, "fill_holes": False, "min_volume_cm3": 0.0} for c in CLASSES},
+                **({"semantics": semantics} if semantics else {}))}},
         },
     }
     path = folder / "model_registry.json"

@@ -42,7 +42,8 @@ def test_per_class_options_reach_the_sidecar(registry, tmp_path):
             "-fill-holes", "0"]
     assert cli.main(argv) == 0
     side = json.loads((tmp_path / "sub-01_T2w_seg-edema.json").read_text())
-    assert side["Postprocessing"]["classes"]["edema"] == {"threshold": 0.4, "fill_holes": False, "min_volume_cm3": 0.3}
+    assert side["Postprocessing"]["classes"]["edema"] == {"threshold": 0.4, "fill_holes": False, "min_volume_cm3": 0.3,
+                                                          "remove_first": False, "hole_connectivity": 1}
     assert side["Postprocessing"]["classes"]["tumor"]["min_volume_cm3"] == 0.1
     assert side["GeneratedBy"][0]["CommandLine"].startswith("imsct_deepseg -i ")
 

@@ -826,11 +826,13 @@ def _seg_entry(env: Env, change: Callable[[dict], None]) -> list[str]:
     return with_case(env)
 
 
-TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e: e.pop("sha256"))
+TRIGGERS["Registry model lacks a field"] = lambda env: _seg_entry(env, lambda e: e.pop("file"))
 TRIGGERS["Registry model field malformed"] = lambda env: _seg_entry(env, lambda e: e.update(patch_size=[32, 32]))
 TRIGGERS["Registry model without checksum, sources, classes or contrasts"] = lambda env: _seg_entry(env, lambda e: e.update(sources=[]))
 TRIGGERS["Registry asks for an unknown normalization"] = lambda env: _seg_entry(env, lambda e: e.update(normalization="minmax"))
 TRIGGERS["Registry asks for an unknown output"] = lambda env: _seg_entry(env, lambda e: e.update(output="softmax"))
+TRIGGERS["Registry gives an exclusive model other semantics"] = lambda env: _seg_entry(
+    env, lambda e: e.update(output="exclusive", semantics={"preset": "ivadomed"}))
 TRIGGERS["Registry model with an unsafe file name"] = lambda env: _seg_entry(env, lambda e: e.update(file="../seg.onnx"))
 
 
@@ -888,7 +890,7 @@ def true_cord(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     calls: list[int] = []
 
-    def find_cord(values, block, model):
+    def find_cord(values, block, model, prob=None):
         calls.append(1)
         xyz = synthetic.centres_mm(block.shape, block.affine)
         return (np.hypot(xyz[..., 0], xyz[..., 1]) <= 4) & ~np.isnan(values)
@@ -1028,8 +1030,14 @@ def _serve(env: Env, server: FlakyServer, reason: str) -> list[str]:
         "TLS error": [send_bytes(data)],
         "Download deadline passed": [trickle(0.02, len(data))],
         "Transfer too slow": [trickle(0.02, len(data))],
+        "Archive without the model": [send_bytes(_archive({"README.md": b"# loc"}))],
+        "Published model with another git blob": [send_bytes(_archive({"loc.onnx": data[:-1] + b"\0"}))],
     }[reason]
     urls = env.remote(server, *(actions or [status(500)]))
+    if reason in ("Archive without the model", "Published model with another git blob"):
+        env.mp.setenv("DEEPSEG_IMSCT_REGISTRY", str(env.registry(lambda d: d["models"]["loc"]["versions"]["1.0"].update(
+            sha256="", size=0, blob_sha1=_blob(data), sources=[urls[0].replace(".onnx", ".zip")]))))
+        server.route("/loc.zip", *actions)
     url = urls[0]
     if reason == "Connection refused":
         url = f"http://127.0.0.1:{free_port()}/loc.onnx"
@@ -1049,6 +1057,55 @@ def _serve(env: Env, server: FlakyServer, reason: str) -> list[str]:
     if url != urls[0]:
         env.registry(lambda d: d["models"]["loc"]["versions"]["1.0"].update(sources=[url]))
     return env.cli("-install")
+
+
+def _blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _published_folder(env: Env, onnx: bytes, config: dict | None) -> Path:
+    """A registry whose localizer is known by its git blob only, and a folder holding ``onnx``
+    under its name (with an ivadomed config when given): for -install --from."""
+    entry = env.entry("loc")
+    env.registry(lambda d: d["models"]["loc"]["versions"]["1.0"].update(
+        sha256="", size=0, blob_sha1=_blob((env.base / "models" / "loc.onnx").read_bytes())))
+    folder = env.base / "toolbox"
+    folder.mkdir(exist_ok=True)
+    (folder / entry["file"]).write_bytes(onnx)
+    if config is not None:
+        (folder / entry["file"]).with_suffix(".json").write_text(json.dumps(config))
+    return folder
+
+
+TRIGGERS["-install --from: published model with another git blob"] = lambda env: env.cli(
+    "-install", "--from", _published_folder(env, b"another model", None))
+TRIGGERS["-install --from: toolbox model folder this package cannot run"] = lambda env: env.cli(
+    "-install", "--from", _published_folder(env, (env.base / "models" / "seg.onnx").read_bytes(), {"transformation": {}}))
+@trigger("-install --from: archive without the model set's files")
+def _(env):
+    (env.base / "other.zip").write_bytes(_archive({"other.onnx": b"x"}))
+    return env.cli("-install", "--from", env.base / "other.zip")
+
+
+TRIGGERS["Unknown model set"] = lambda env: api_error(lambda: Predictor(model_set="nnunet"))
+
+
+@trigger("Custom toolbox model folder")
+def _(env):
+    fixture = Path(__file__).parent / "fixtures" / "ivadomed" / "findcord_tumor.json"
+    folder = _published_folder(env, (env.base / "models" / "seg.onnx").read_bytes(), json.loads(fixture.read_text()))
+    return env.cli("-install", "--from", folder, code=0)
+
+
+def _archive(files: dict[str, bytes]) -> bytes:
+    import io as _io
+    import zipfile
+
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(f"loc-r1/{name}", data)
+    return buf.getvalue()
 
 
 def _raise(exc: BaseException) -> Callable[..., None]:

@@ -215,7 +215,7 @@ def test_real_pairs_pass_the_contrast_check_and_are_refused_swapped(name, shippe
     block = localizer_block(t2.grid, shipped_localizer.spec)
     t2_block, t1_block = on_block(t2, block), on_block(t1, block)
     cord = localize(t2, t1, t2_block, block, shipped_localizer)
-    assert cord is not None and csf_evidence(cord, t2_block, t1_block)[0] > 0.3  # margin 0.2
+    assert cord is not None and csf_evidence(cord.mask, t2_block, t1_block)[0] > 0.3  # margin 0.2
     t1_grid = localizer_block(t1.grid, shipped_localizer.spec)
     with pytest.raises(DeepsegError, match="the inputs look swapped"):
         localize(t1, t2, on_block(t1, t1_grid), t1_grid, shipped_localizer)

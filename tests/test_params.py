@@ -12,9 +12,10 @@ from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.params import ParamKind, configure, convert_all, parameters
 from deepseg_imsct.postprocess import ClassPost
 from deepseg_imsct.registry import ClassDefaults
+from deepseg_imsct.semantics import IVADOMED, NATIVE
 
 CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
-MODEL = SimpleNamespace(classes=("tumor", "edema"),
+MODEL = SimpleNamespace(classes=("tumor", "edema"), semantics=NATIVE,
                         postprocessing={"tumor": ClassDefaults(0.7, True, 0.2), "edema": ClassDefaults(0.3, True, 0.5)})
 
 
@@ -22,6 +23,22 @@ def test_defaults_come_from_the_registry_entry():
     settings = configure(MODEL, {})
     assert settings.post.classes == {"tumor": ClassPost(0.7, True, 0.2), "edema": ClassPost(0.3, True, 0.5)}
     assert not settings.post.soft and not settings.qc and settings.out_dir is None and settings.runtime.threads == 0
+
+
+def test_reference_semantics_reach_the_post_processing_and_a_user_volume_replaces_the_voxel_count():
+    """A model with the reference's semantics: remove small (100 native voxels) before filling
+    holes (26-connected background); a -remove-small given for a class replaces its voxel count."""
+    model = SimpleNamespace(classes=("tumor", "edema"), semantics=IVADOMED,
+                            postprocessing={c: ClassDefaults(0.5, True, 0.0, 100) for c in ("tumor", "edema")})
+    assert configure(model, {}).post.classes["tumor"] == ClassPost(0.5, True, 0.0, 100, True, 3)
+    post = configure(model, {"min_volume_cm3": {"edema": 0.2}}).post.classes
+    assert post["tumor"].min_voxels == 100 and post["edema"] == ClassPost(0.5, True, 0.2, 0, True, 3)
+
+
+def test_the_model_set_is_one_of_the_named_sets():
+    assert configure(MODEL, {}).model_set == "phantom" and configure(MODEL, {"model_set": "sct"}).model_set == "sct"
+    with pytest.raises(DeepsegError, match=r"model_set: 'nnunet' is not one of phantom, sct"):
+        configure(MODEL, {"model_set": "nnunet"})
 
 
 def test_overrides_one_value_or_per_class():
@@ -100,12 +117,12 @@ def test_the_command_per_class_syntax_counts_values():
 
 def test_command_text_goes_through_the_same_translator():
     args = cli.build_parser(parameters(MODEL.postprocessing), MODEL.classes).parse_args(
-        ["-thr", "edema=0.45", "-remove-small", "300mm3", "-fill-holes", "0", "1", "-threads", "2"])
+        ["-thr", "edema=0.45", "-remove-small", "300mm3", "-fill-holes", "0", "1", "-threads", "2", "-model-set", "sct"])
     values = cli.user_values(args, parameters(MODEL.postprocessing), MODEL.classes)
     assert convert_all(parameters(MODEL.postprocessing), MODEL.classes, values) == {
         "threshold": {"tumor": 0.7, "edema": 0.45}, "fill_holes": {"tumor": False, "edema": True},
         "min_volume_cm3": {"tumor": 0.3, "edema": 0.3}, "soft": False, "qc": None, "out_dir": None, "overwrite": False,
-        "threads": 2}
+        "threads": 2, "model_set": "sct"}
 
 
 def test_the_default_task_is_the_registered_entry_point():

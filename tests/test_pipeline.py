@@ -69,9 +69,9 @@ def test_each_intermediate_is_computed_once(predictor, monkeypatch):
     blocks, calls = [], []
     real_on_block, real_localizer = localize.on_block, predictor.localizer
 
-    def on_block(volume, block):
+    def on_block(volume, block, spec=None):
         blocks.append(volume.name)
-        return real_on_block(volume, block)
+        return real_on_block(volume, block, spec)
 
     class Counting:
         spec = real_localizer.spec
@@ -422,6 +422,7 @@ def test_class_images_equal_post_processing_on_the_whole_grid(rotate):
 
 def test_localization_masks_equal_their_whole_grid_definition():
     from deepseg_imsct.grid import working_grid
+    from deepseg_imsct.localize import Cord
     from deepseg_imsct.resample_back import localization_masks
 
     native = _oblique_native()
@@ -429,11 +430,11 @@ def test_localization_masks_equal_their_whole_grid_definition():
     cord = np.zeros(block.shape, bool)
     cord[5:20, 10:14, 2:4] = True
     crop_grid = _crop_of(native)
-    cord_native, box_native = localization_masks(cord, block, crop_grid, native)
+    cord_native, box_native = localization_masks(Cord(cord, block), crop_grid, native)
     np.testing.assert_array_equal(cord_native, _to_native(cord[None].astype(np.float32), block, native)[0] >= 0.5)
     np.testing.assert_array_equal(box_native, _to_native(np.ones((1, *crop_grid.shape), np.uint8), crop_grid, native, order=0)[0] > 0)
     assert cord_native.any() and box_native.any() and not box_native.all()
-    assert not localization_masks(None, block, crop_grid, native)[0].any()
+    assert not localization_masks(None, crop_grid, native)[0].any()
 
 
 def test_an_exclusive_model_gives_disjoint_classes_whose_union_is_the_whole_tumor(tmp_path):

@@ -73,7 +73,23 @@ class _PathWidget(wx.Panel):
         self.text.SetValue("" if value is None else str(value))
 
 
+class _ChoiceWidget(wx.Choice):
+    """A choice field (e.g. the model set) whose value is the chosen text."""
+
+    def __init__(self, parent: wx.Window, field: Field):
+        super().__init__(parent, choices=list(field.spec.choices))
+        self.SetStringSelection(str(field.default))
+
+    def GetValue(self) -> str:
+        return self.GetStringSelection()
+
+    def SetValue(self, value: Any) -> None:
+        self.SetStringSelection(str(value))
+
+
 def _widget(parent: wx.Window, field: Field) -> wx.Window:
+    if field.kind is ParamKind.CHOICE:
+        return _ChoiceWidget(parent, field)
     if field.kind is ParamKind.BOOL:
         box = wx.CheckBox(parent, label="" if field.cls else field.label)
         box.SetValue(bool(field.default))
