@@ -418,8 +418,14 @@ def test_menu_item_segments_and_loads_the_overlays(gui, registry, answered, tmp_
     assert ticks, "the main loop served no event while the command ran"
     assert len(ticks) < 2 or np.median(np.diff(ticks)) < 0.2, np.diff(ticks)
     written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".imsct_deepseg.lock")
-    assert written == sorted(f"sub-01_T2w_seg-{c}.{e}" for c in CLASSES for e in ("json", "nii.gz"))
+    assert written == sorted([f"sub-01_T2w_seg-{c}.{e}" for c in CLASSES for e in ("json", "nii.gz")]
+                             + ["sub-01_T2w_stats.json", "sub-01_T2w_stats.tsv"])
     assert [o.name for o in overlays][-1] == "sub-01_T2w_seg-tumor"
+    shown = [w for w in wx.GetTopLevelWindows() if w.GetTitle() == "Lesion statistics"]
+    assert len(shown) == 1 and shown[0].IsShown(), "the run's statistics in a window that does not block"
+    text = next(c for c in shown[0].GetChildren() if isinstance(c, wx.TextCtrl)).GetValue()
+    assert "tumor" in text and "cm" in text, text
+    shown[0].Destroy()
     check_overlays(display_ctx, list(overlays)[2:])
     side = (tmp_path / "out" / "sub-01_T2w_seg-tumor.json").read_text()
     assert '"threshold": 0.45' in side

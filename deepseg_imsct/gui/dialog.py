@@ -29,9 +29,20 @@ def show_error(parent: wx.Window | None, message: str) -> None:
     wx.MessageBox(message, TITLE, wx.OK | wx.ICON_ERROR, parent)
 
 
-def show_info(parent: wx.Window | None, title: str, message: str) -> None:
-    """A message box with the run's statistics (after the overlays are loaded)."""
-    wx.MessageBox(message, title, wx.OK | wx.ICON_INFORMATION, parent)
+def show_info(parent: wx.Window | None, title: str, message: str) -> wx.Dialog:
+    """The run's statistics in a window that does not block FSLeyes (the user closes it)."""
+    box = wx.Dialog(parent, title=title, style=wx.DEFAULT_DIALOG_STYLE | wx.RESIZE_BORDER)
+    text = wx.TextCtrl(box, value=message, style=wx.TE_MULTILINE | wx.TE_READONLY | wx.HSCROLL, size=(560, 260))
+    text.SetFont(wx.Font(wx.FontInfo(9).Family(wx.FONTFAMILY_TELETYPE)))
+    close = wx.Button(box, wx.ID_CLOSE)
+    close.Bind(wx.EVT_BUTTON, lambda _event: box.Destroy())
+    box.Bind(wx.EVT_CLOSE, lambda _event: box.Destroy())
+    sizer = wx.BoxSizer(wx.VERTICAL)
+    sizer.Add(text, 1, wx.EXPAND | wx.ALL, 8)
+    sizer.Add(close, 0, wx.ALIGN_RIGHT | wx.LEFT | wx.RIGHT | wx.BOTTOM, 8)
+    box.SetSizerAndFit(sizer)
+    box.Show()
+    return box
 
 
 def _number_widget(parent: wx.Window, field: Field) -> wx.Window:
