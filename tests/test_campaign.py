@@ -142,7 +142,7 @@ def _campaign_config(crops_dir: Path) -> dict:
             "data": {"crops_dir": str(crops_dir)}, "sampling": {"tumor": 0.5, "uniform": 0.5},
             "augmentation": {"p_spatial": 0.5},
             "training": {"total_steps": 20, "warmup_steps": 2, "batch_size": 2, "lr": 1e-3, "amp": "fp32", "threads": 1,
-                         "data_workers": 0, "checkpoint_every": 1, "validate_every": 2}}
+                         "data_workers": 0, "checkpoint_every": 1, "validate_every": 2, "ema_decay": 0.5}}
 
 
 def test_a_resumed_campaign_equals_an_uninterrupted_one(tmp_path, crop_dir):
@@ -162,7 +162,51 @@ def test_a_resumed_campaign_equals_an_uninterrupted_one(tmp_path, crop_dir):
     second.run(stop_at=4)
     for (k, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), k
+    for (k, a), b in zip(whole.ema.state_dict().items(), second.ema.state_dict().values()):
+        assert torch.equal(a, b), k  # the weight average too
     assert (tmp_path / "parts" / "best.pt").exists() and second.state["best_iteration"] in (2, 4)
+
+
+def _copy_crops(cfg, crop_dir):
+    for split in ("train", "val"):
+        folder = CP.crop_folder(cfg, split)
+        folder.mkdir(parents=True)
+        for f in crop_dir.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+
+
+def test_weight_average_is_what_is_validated_and_saved(tmp_path, crop_dir):
+    """ema_decay 0.5: after steps with weights w1, w2 the average is (w1 + w2) / 2 (the first
+    update copies); best.pt holds the average, not the last weights."""
+    cfg = _campaign_config(tmp_path / "crops")
+    _copy_crops(cfg, crop_dir)
+    camp = CP.Campaign(cfg, tmp_path / "run")
+    seen = []
+    real_step = camp.opt.step
+
+    def step(*args, **kwargs):
+        real_step(*args, **kwargs)
+        seen.append({k: v.detach().clone() for k, v in camp.model.state_dict().items()})
+    camp.opt.step = step
+    camp.run(stop_at=2)
+    name, average = next((k, v) for k, v in camp.ema.module.state_dict().items() if v.is_floating_point())
+    torch.testing.assert_close(average, (seen[0][name] + seen[1][name]) / 2)
+    assert not torch.equal(average, seen[1][name])
+    best = torch.load(tmp_path / "run" / "best.pt")
+    assert torch.equal(best[name], average)
+
+
+def test_a_new_peak_learning_rate_applies_from_the_resumed_step(tmp_path, crop_dir):
+    cfg = _campaign_config(tmp_path / "crops")
+    _copy_crops(cfg, crop_dir)
+    CP.Campaign(cfg, tmp_path / "run").run(stop_at=3)
+    cfg["training"]["lr"] = 4e-4
+    camp = CP.Campaign(cfg, tmp_path / "run")
+    camp.resume()
+    expected = 4e-4 * CP.poly_lr(3, 20, 2)
+    assert camp.opt.param_groups[0]["lr"] == pytest.approx(expected) and camp.sched.get_last_lr()[0] == pytest.approx(expected)
+    camp.run(stop_at=4)
+    assert camp.opt.param_groups[0]["lr"] == pytest.approx(4e-4 * CP.poly_lr(4, 20, 2))
 
 
 def test_generator_2_cord_brightness_range_and_lesions_relative_to_the_cord():

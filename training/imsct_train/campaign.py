@@ -144,6 +144,12 @@ class Campaign:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 3e-5)))
         total, warmup = int(t["total_steps"]), int(t.get("warmup_steps", 200))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: poly_lr(s, total, warmup))
+        decay = float(t.get("ema_decay", 0.0))  # exponential moving average of the weights: validated, exported
+        self.ema = None
+        if decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.state: dict[str, Any] = {"iteration": 0, "best_score": -1.0, "best_iteration": 0, "precision": None}
         log.info("%s %s: %d parameters", cfg["name"], cfg["version"], count_parameters(self.model))
 
@@ -154,6 +160,8 @@ class Campaign:
     def save(self) -> None:
         blob = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "state": self.state, "torch_rng": torch.get_rng_state()}
+        if self.ema is not None:
+            blob["ema"] = self.ema.state_dict()
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(blob, tmp)
         tmp.replace(self.checkpoint)
@@ -168,7 +176,30 @@ class Campaign:
         self.sched.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["torch_rng"])
         self.state.update(blob["state"])
+        if self.ema is not None and "ema" in blob:
+            self.ema.load_state_dict(blob["ema"])
+        elif self.ema is not None:
+            log.info("weight averaging starts at step %d from the current weights", self.state["iteration"])
+        self._apply_config_lr()
         log.info("resumed at step %d (best %.4f at %d)", self.state["iteration"], self.state["best_score"], self.state["best_iteration"])
+
+    def _apply_config_lr(self) -> None:
+        """A peak learning rate changed in the config since the checkpoint: the schedule goes on
+        from the same step with the new peak (a recipe change recorded in docs/training.md)."""
+        lr = float(self.cfg["training"]["lr"])
+        if all(abs(b - lr) <= 1e-12 for b in self.sched.base_lrs):
+            return
+        log.info("peak learning rate %g -> %g from step %d", self.sched.base_lrs[0], lr, self.state["iteration"])
+        self.sched.base_lrs = [lr] * len(self.sched.base_lrs)
+        factor = self.sched.lr_lambdas[0](self.sched.last_epoch)
+        for group in self.opt.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        self.sched._last_lr = [lr * factor] * len(self.opt.param_groups)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights validated and saved as best.pt: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as f:
@@ -187,6 +218,8 @@ class Campaign:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
         if torch.isfinite(norm):
             self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         self.sched.step()
         self.state["iteration"] += 1
         return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], "compute_cpu_s": time.process_time() - c0,
@@ -235,12 +268,12 @@ class Campaign:
         bar.close()
 
     def validate(self, folder: Path, names: list[str]) -> None:
-        metrics = validate(self.model, folder, names, self.cfg)
+        metrics = validate(self.evaluated, folder, names, self.cfg)
         log.info("step %d validation %s", self.state["iteration"], json.dumps(metrics))
         self.log({"iteration": self.state["iteration"], "validation": metrics})
         if metrics["score"] > self.state["best_score"]:
             self.state["best_score"], self.state["best_iteration"] = metrics["score"], self.state["iteration"]
-            torch.save(self.model.state_dict(), self.run_dir / "best.pt")
+            torch.save(self.evaluated.state_dict(), self.run_dir / "best.pt")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
