@@ -19,13 +19,14 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__
+from .cropbox import crop_for
 from .errors import DeepsegError
 from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
 from .io import Volume, as_volume, load_volume, mask_image
 from .limits import check_work
 from .logs import collect_warnings, timed
-from .localize import crop_for, localize, localizer_block, on_block
+from .localize import localize, localizer_block, on_block
 from .outputs import DEFAULT_TASK, TOOL_NAME
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive

@@ -22,7 +22,8 @@ from imsct_train.tune import ValCase, best_value, class_mask, sweep
 from imsct_train.unet import Modified3DUNet, _SubpixelUp, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
-from deepseg_imsct.localize import box_for_mask, centred_block
+from deepseg_imsct.cropbox import box_for_mask
+from deepseg_imsct.localize import centred_block
 from deepseg_imsct.segment import model_input
 
 LOC = {"contrasts": ["t2"], "classes": ["cord"], "spacing_mm": [2.0, 2.0, 2.0],

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from deepseg_imsct.grid import apply_affine
 from deepseg_imsct.segment import sliding_window
-from deepseg_imsct.localize import box_for_mask, cord_components
+from deepseg_imsct.cropbox import box_for_mask
+from deepseg_imsct.localize import cord_components
 
 from . import data as D
 from .unet import Modified3DUNet, count_parameters
