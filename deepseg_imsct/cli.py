@@ -156,7 +156,8 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict, m
     """Install the task's models (of ``model_set``): download them, or import from a folder holding
     them (or the reference toolbox's model folders) or one model file."""
     from .archive import git_blob_sha1
-    from .download import ensure_model, import_model, sha256sum
+    from .cache import sha256sum
+    from .download import ensure_model, import_model
     from .registry import load_registry
 
     reg = load_registry()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepseg_imsct import archive, download
+from deepseg_imsct import archive, cache, download
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import load_registry
 from http_server import FlakyServer, send_bytes, status
@@ -103,7 +103,7 @@ def test_an_archive_with_another_file_is_refused_and_nothing_is_installed(publis
         with pytest.raises(DeepsegError, match=rf"cannot get model {LOC}-{TAG} .*/bad.zip: git blob SHA-1 {blob(other)}, "
                                                rf"expected {spec.blob_sha1}.*/gone.zip: HTTP 404"):
             download.ensure_model(spec, progress=False)
-    folder = download.cache_dir() / "models" / LOC / TAG
+    folder = cache.cache_dir() / "models" / LOC / TAG
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".flock")) == []
 
 
