@@ -11,7 +11,6 @@ file by those, as for any other model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,22 +19,13 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+from .checksums import git_blob_sha1, sha256_file
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ARCHIVE_BYTES = 2 << 30  # a model folder is tens of MB; refuse anything near a disk filler
 RECORD_SUFFIX = ".hashes.json"
-
-
-def git_blob_sha1(path: Path | str) -> str:
-    """The git blob SHA-1 of a file (what ``git hash-object`` prints), read in chunks."""
-    path = Path(path)
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_archive(url: str) -> bool:
@@ -117,7 +107,7 @@ def place_verified(src, spec: ModelSpec, target: Path) -> str:
         blob = git_blob_sha1(tmp)
         if blob != spec.blob_sha1:
             raise ValueError(f"git blob SHA-1 {blob}, expected {spec.blob_sha1}")
-        sha256 = _sha256(Path(tmp))
+        sha256 = sha256_file(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
@@ -125,14 +115,6 @@ def place_verified(src, spec: ModelSpec, target: Path) -> str:
             os.unlink(tmp)
     write_record(spec, target, sha256)
     return sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

@@ -25,7 +25,7 @@ from .inference import RuntimeOptions
 from .outputs import DEFAULT_TASK, JOURNAL_NAME, TOOL_NAME, output_keys, output_paths, sidecar_path
 from .postprocess import PostprocessConfig
 from .registry import ENV_REGISTRY
-from .transaction import sha256_file
+from .checksums import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ replaced. What gets a file into the cache (download, offline import): :mod:`down
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Callable, Iterator
 
 import platformdirs
 
+from .checksums import git_blob_sha1, sha256_file
 from .errors import DeepsegError
 from .registry import ModelSpec
 
@@ -46,15 +46,6 @@ def cache_dir() -> Path:
     log.warning("no writable per-user cache folder (%s cannot be created): using %s, which may be wiped; "
                 "set %s to a persistent writable folder", base, fallback, ENV_HOME)
     return fallback
-
-
-def sha256sum(path: Path | str) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def clear_cache(spec: ModelSpec | None = None) -> None:
@@ -107,15 +98,13 @@ def file_problem(path: Path, spec: ModelSpec) -> str | None:
         if not path.is_file():
             return "not a file"
         if not spec.sha256:
-            from .archive import git_blob_sha1
-
             blob = git_blob_sha1(path)
             return None if blob == spec.blob_sha1 else f"git blob SHA-1 {blob}, expected {spec.blob_sha1}"
         if size != spec.size:
             with open(path, "rb") as fh:
                 lfs = fh.read(64).startswith(b"version https://git-lfs")
             return f"{size} bytes, expected {spec.size}" + (" (a Git LFS pointer: run `git lfs pull`)" if lfs else "")
-        digest = sha256sum(path)
+        digest = sha256_file(path)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:

@@ -10,7 +10,7 @@ the registry's URLs.
 pooch, filelock and requests are imported only to install: a run that finds its models imports none.
 
 API: ``ensure_model``, ``is_installed``, ``verified_spec``, ``import_model``; the cache itself
-(``cache_dir``, ``sha256sum``, ``clear_cache``): :mod:`cache`.
+(``cache_dir``, ``clear_cache``): :mod:`cache`; checksums: :mod:`checksums`.
 """
 from __future__ import annotations
 

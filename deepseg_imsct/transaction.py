@@ -12,7 +12,6 @@ new one is in place and puts the old set back on any failure or interrupt.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from .checksums import sha256_file
 from .errors import DeepsegError
 from .outputs import JOURNAL_NAME, LOCK_NAME, PROG, TEMP_NAME, TEMP_SUFFIX, TOOL_NAME, sidecar_path, temp_name_length, temp_prefix
 
@@ -89,14 +89,6 @@ def _check_not_input(target: Path, inputs: Mapping[str, Path | str]) -> None:
     for role, source in inputs.items():
         if os.path.lexists(target) and _same_file(target, source):
             raise DeepsegError(f"output {target} would replace the {role} input {source}: rename that input or choose another folder with -o")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _recorded(sidecar: Path) -> dict | None:

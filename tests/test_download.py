@@ -24,7 +24,7 @@ import pytest
 from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status, trickle
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cache, cli, download, fetch
+from deepseg_imsct import cache, checksums, cli, download, fetch
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import ModelSpec
 
@@ -672,10 +672,10 @@ def test_clear_cache_all(server: FlakyServer, home: Path) -> None:
     cache.clear_cache()  # nothing left: no error
 
 
-def test_sha256sum(tmp_path: Path) -> None:
+def test_sha256_file(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(PAYLOAD * 5)
-    assert cache.sha256sum(path) == hashlib.sha256(PAYLOAD * 5).hexdigest()
+    assert checksums.sha256_file(path) == hashlib.sha256(PAYLOAD * 5).hexdigest()
 
 
 # ----------------------------------------------------------------------------- locking, real processes
