@@ -7,7 +7,8 @@ in the way, and (unless ``overwrite``) a file this tool did not write or wrote f
 :func:`locked` serializes writers on :data:`outputs.LOCK_NAME`; once held, a set left half-replaced
 by a killed run is rolled back (:data:`outputs.JOURNAL_NAME`) and stale temporary files of this
 tool (:data:`outputs.TEMP_NAME`) are removed. :func:`commit` keeps each old file aside until every
-new one is in place and puts the old set back on any failure or interrupt.
+new one is in place and puts the old set back on any failure or interrupt. :func:`write_atomic`
+replaces one file at once (an index, a table, a model's record).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -157,6 +159,28 @@ def sweep(folder: Path, before: float) -> None:
         if TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
+
+
+def new_file_mode() -> int:
+    """The permissions of a new file under this process's umask (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path: Path, data: str | bytes, prefix: str, suffix: str = "", mode: int | None = 0o644) -> None:
+    """Replace ``path`` with ``data`` (text: UTF-8) at once: written to a temporary file
+    ``<prefix>*<suffix>`` next to it, given ``mode`` (None: :func:`new_file_mode`), then renamed
+    onto it, so readers see the old file or the whole new one; the temporary file never stays."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=Path(path).parent)
+    try:
+        with (os.fdopen(fd, "w", encoding="utf-8") if isinstance(data, str) else os.fdopen(fd, "wb")) as fh:
+            fh.write(data)
+        os.chmod(tmp, new_file_mode() if mode is None else mode)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _aside(final: Path) -> Path:
