@@ -38,7 +38,8 @@ def phantom_crop(size: str = "paper", seed: int = 0) -> np.ndarray:
     from bench_pipeline import make_case
 
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import crop_for, localize, localizer_block, on_block
+    from deepseg_imsct.cropbox import crop_for
+    from deepseg_imsct.localize import localize, localizer_block, on_block
     from deepseg_imsct.pipeline import Predictor
     from deepseg_imsct.segment import model_input
 

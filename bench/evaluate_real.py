@@ -11,7 +11,7 @@ mask is ``<stem>_seg-manual`` or ``<stem>_seg`` in the same folder. The localize
 scan whatever its contrast (the model is trained on T2w: T1w, T2*w and MT rows say so).
 
 Per scan, exactly as the pipeline does (:func:`deepseg_imsct.localize.find_cord`, then
-:func:`deepseg_imsct.localize.box_for_mask` with the segmenter's spacing, safety factor, patch
+:func:`deepseg_imsct.cropbox.box_for_mask` with the segmenter's spacing, safety factor, patch
 and stride, then :func:`deepseg_imsct.resample_back.localization_masks`): the cord mask and the crop box on
 the scan's native grid, the cord Dice against the manual mask on that grid, the fraction of the
 manual cord inside the crop box, and the box size in mm (S-I x A-P x R-L).
@@ -150,7 +150,8 @@ def evaluate_scan(path: Path, mask_path: Optional[Path], localizer: OnnxModel, s
     """Localize the cord in one scan, as :func:`deepseg_imsct.pipeline.segment` does, and score it."""
     from deepseg_imsct.evaluate import dice, fraction_inside
     from deepseg_imsct.io import load_volume
-    from deepseg_imsct.localize import Cord, box_for_mask, find_cord, localizer_block, on_block
+    from deepseg_imsct.cropbox import box_for_mask
+    from deepseg_imsct.localize import Cord, find_cord, localizer_block, on_block
     from deepseg_imsct.resample_back import localization_masks
 
     contrast = contrast_of(path)

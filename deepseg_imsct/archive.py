@@ -11,7 +11,6 @@ file by those, as for any other model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,22 +19,14 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+from .checksums import git_blob_sha1, sha256_file
 from .registry import ModelSpec
+from .transaction import write_atomic
 
 log = logging.getLogger(__name__)
 
 MAX_ARCHIVE_BYTES = 2 << 30  # a model folder is tens of MB; refuse anything near a disk filler
 RECORD_SUFFIX = ".hashes.json"
-
-
-def git_blob_sha1(path: Path | str) -> str:
-    """The git blob SHA-1 of a file (what ``git hash-object`` prints), read in chunks."""
-    path = Path(path)
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_archive(url: str) -> bool:
@@ -61,7 +52,7 @@ def with_record(spec: ModelSpec, target: Path) -> ModelSpec:
 def write_record(spec: ModelSpec, target: Path, sha256: str) -> None:
     """Record the verified file's sha256 and size beside it (atomically)."""
     record = {"blob_sha1": spec.blob_sha1, "sha256": sha256, "size": target.stat().st_size, "file": spec.file}
-    _atomic_write(record_path(target), json.dumps(record, indent=1).encode())
+    write_atomic(record_path(target), json.dumps(record, indent=1).encode(), prefix="tmp")
 
 
 def member_name(names: list[str], file: str) -> str | None:
@@ -100,7 +91,7 @@ def extract_verified(archive: Path, spec: ModelSpec, target: Path) -> str:
                 sha256 = place_verified(src, spec, target)
             config = member_name(zf.namelist(), Path(spec.file).stem + ".json")
             if config is not None and zf.getinfo(config).file_size < 1 << 20:  # the folder's ivadomed config, kept beside it
-                _atomic_write(target.with_suffix(".json"), zf.read(config))
+                write_atomic(target.with_suffix(".json"), zf.read(config), prefix="tmp")
             return sha256
     except zipfile.BadZipFile as exc:
         raise ValueError(f"not a zip archive ({exc})") from None
@@ -117,7 +108,7 @@ def place_verified(src, spec: ModelSpec, target: Path) -> str:
         blob = git_blob_sha1(tmp)
         if blob != spec.blob_sha1:
             raise ValueError(f"git blob SHA-1 {blob}, expected {spec.blob_sha1}")
-        sha256 = _sha256(Path(tmp))
+        sha256 = sha256_file(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
@@ -125,26 +116,6 @@ def place_verified(src, spec: ModelSpec, target: Path) -> str:
             os.unlink(tmp)
     write_record(spec, target, sha256)
     return sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def download_archive(url: str, folder: Path, progress: bool) -> Path:

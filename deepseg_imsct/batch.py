@@ -25,7 +25,7 @@ from .inference import RuntimeOptions
 from .outputs import DEFAULT_TASK, JOURNAL_NAME, TOOL_NAME, output_keys, output_paths, sidecar_path
 from .postprocess import PostprocessConfig
 from .registry import ENV_REGISTRY
-from .transaction import sha256_file
+from .checksums import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_job(setup: ModelSetup, job: Job) -> Outcome:
     t0 = time.perf_counter()
     subject = job.subject
     try:
-        paths = predictor_for(setup).run_files(subject.t2, subject.t1, job.out_dir, job.post, job.qc, job.command, job.overwrite)
+        predictor_for(setup).run_files(subject.t2, subject.t1, job.out_dir, job.post, job.qc, job.command, job.overwrite)
     except DeepsegError as exc:
         return Outcome(subject.subject, subject.session, Status.FAILED, time.perf_counter() - t0, str(exc))
     except Exception as exc:  # noqa: BLE001 - one subject's bug must not stop the cohort

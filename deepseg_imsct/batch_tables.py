@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from .bids import Subject
 from .errors import DeepsegError
 from .outputs import nifti_stem
-from .stats import stats_row
+from .stats import stats_row, tsv_text
+from .transaction import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +94,6 @@ def collect_statistics(out: Path, subjects: Iterable[Subject]) -> Path | None:
             rows.append({"subject": subject.subject, "session": subject.session or "n/a", "scan": scan, **row})
     if not rows:
         return None
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     target = out / STATS_TABLE
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATS_TABLE}.", suffix=".part", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\t".join(columns) + "\n")
-            fh.writelines("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n" for r in rows)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(target, tsv_text(rows), prefix=f".{STATS_TABLE}.", suffix=".part")
     return target

@@ -155,8 +155,8 @@ def list_tasks() -> str:
 def install(task_name: str, source: str | None, offline: bool, versions: dict, model_set: str | None = None) -> list[Path]:
     """Install the task's models (of ``model_set``): download them, or import from a folder holding
     them (or the reference toolbox's model folders) or one model file."""
-    from .archive import git_blob_sha1
-    from .download import ensure_model, import_model, sha256sum
+    from .checksums import git_blob_sha1, sha256_file
+    from .download import ensure_model, import_model
     from .registry import load_registry
 
     reg = load_registry()
@@ -181,7 +181,7 @@ def install(task_name: str, source: str | None, offline: bool, versions: dict, m
             raise DeepsegError(f"{path} holds none of this model set's files ({', '.join(s.file for s in specs)}) in its top "
                                "folder: give the archive of a published model folder (see -model-set)")
         return [import_model(spec, path) for spec in matching]
-    digest, blob = (sha256sum(path), git_blob_sha1(path)) if path.is_file() else (None, None)
+    digest, blob = (sha256_file(path), git_blob_sha1(path)) if path.is_file() else (None, None)
     matching = [spec for spec in specs if spec.sha256 == digest or (spec.blob_sha1 and spec.blob_sha1 == blob)]
     if not matching:
         expected = ", ".join(f"{s.key} ({s.file}, sha256 {s.sha256[:12]}...)" for s in specs)

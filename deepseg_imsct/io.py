@@ -243,18 +243,12 @@ def _temporary(final: Path) -> Iterator[Path]:
     """A temporary file next to ``final``, named as :func:`outputs.temp_prefix` says; removed on exit."""
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give outputs the usual permissions
+    os.chmod(tmp, transaction.new_file_mode())  # mkstemp makes 0600 files: give outputs the usual permissions
     try:
         yield Path(tmp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_outputs(images: Mapping[Path, nib.Nifti1Image], sidecars: Mapping[Path, dict],

@@ -1,11 +1,15 @@
-"""The package's warnings kept as text while a run logs them (``Result.warnings``, the QC report's flags)."""
+"""The package's warnings kept as text while a run logs them (``Result.warnings``, the QC report's
+flags), and the seconds each stage of a run takes (``Result.timings``)."""
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 PACKAGE_LOGGER = "deepseg_imsct"
+
+log = logging.getLogger(__name__)
 
 
 class _Collect(logging.Handler):
@@ -26,3 +30,12 @@ def collect_warnings(into: list[str]) -> Iterator[None]:
         yield
     finally:
         logger.removeHandler(handler)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the seconds spent inside to ``timings[stage]`` (logged at debug level)."""
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+    log.debug("%s: %.3f s", stage, timings[stage])

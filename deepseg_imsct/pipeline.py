@@ -3,40 +3,38 @@
 :func:`segment` reads top to bottom, one stage after the other, each intermediate computed once:
 read (:mod:`io`) -> the T2w on the localizer's block (:mod:`grid`) -> stage 1, cord and crop box
 (:mod:`localize`) -> stage 2, crop input and sliding window (:mod:`segment`) -> back to the
-native grid (:mod:`resample_back`) -> post-processing (:mod:`postprocess`) -> write (:mod:`io`,
-names from :mod:`outputs`). :class:`Predictor` holds the two ONNX Runtime sessions, built once
-and reused for every case.
+native grid (:mod:`resample_back`) -> post-processing (:mod:`postprocess`). :class:`Predictor`
+holds the two ONNX Runtime sessions, built once and reused for every case; its
+:meth:`~Predictor.run_files` reads files and writes the outputs (:mod:`written`).
 """
 from __future__ import annotations
 
 import logging
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from . import __version__
+from .cropbox import crop_for
 from .errors import DeepsegError
 from .grid import Grid, inside_fraction, uncrop
 from .inference import OnnxModel, RuntimeOptions
-from .io import Volume, as_volume, check_distinct, load_volume, mask_image, write_outputs
+from .io import Volume, as_volume, load_volume, mask_image
 from .limits import check_work
-from .logs import collect_warnings
-from .localize import crop_for, localize, localizer_block, on_block
-from .outputs import DEFAULT_TASK, STATS, TOOL_NAME, class_key, nifti_stem, output_keys, output_paths, sidecar_path
+from .logs import collect_warnings, timed
+from .localize import localize, localizer_block, on_block
+from .outputs import DEFAULT_TASK, TOOL_NAME
 from .params import configure
 from .postprocess import PostprocessConfig, postprocess, postprocess_exclusive
 from .registry import DEFAULT_MODEL_SET, ModelSpec, Registry, load_registry
 from .resample_back import localization_masks, native_block, native_values, reach_box
 from .segment import model_input, n_windows, sliding_window
-from .qc_report import check_report, write_report
-from .stats import case_stats, stats_row, tsv_text
-from .transaction import check_outputs
+from .stats import case_stats
+from .written import Written, plan_outputs, sidecar, write_case
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +61,6 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
-class Written(dict):
-    """{output key: path} of :meth:`Predictor.run_files`, with the run's :class:`Result`
-    (``.result``) and its statistics (``.stats``, as written in ``<T2w name>_stats.json``)."""
-
-    def __init__(self, paths: Mapping[str, Path], result: Result):
-        super().__init__(paths)
-        self.result, self.stats = result, result.stats
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
-    log.debug("%s: %.3f s", stage, timings[stage])
-
-
 def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequence[str], post: PostprocessConfig,
                  timings: dict[str, float], exclusive: bool = False, spec: ModelSpec | None = None) -> dict[str, nib.Nifti1Image]:
     """The segmenter's (K, *crop_grid.shape) probabilities back on the T2w grid, one image per class.
@@ -94,19 +75,19 @@ def class_images(probs: np.ndarray, crop_grid: Grid, t2: Volume, classes: Sequen
     """
     grid, images = t2.grid, {}
     if exclusive and not post.soft:
-        with _timed(timings, "resample_back"):
+        with timed(timings, "resample_back"):
             box = reach_box(probs[-1], post.classes[classes[-1]].threshold)
             blocks = {}
             for i, name in enumerate(classes):
                 blocks[name], start = native_block(probs[i], crop_grid, grid, box=box)
-        with _timed(timings, "postprocess"):
+        with timed(timings, "postprocess"):
             masks = postprocess_exclusive(blocks, post.classes, classes[-1], grid.voxel_volume_mm3)
             return {name: mask_image(uncrop(masks[name], start, grid.shape, order="F"), t2.image) for name in classes}
     for i, name in enumerate(classes):
-        with _timed(timings, "resample_back"):
+        with timed(timings, "resample_back"):
             threshold = None if post.soft else post.classes[name].threshold
             block, start = native_values(probs[i], crop_grid, grid, spec, threshold)
-        with _timed(timings, "postprocess"):
+        with timed(timings, "postprocess"):
             values = block if post.soft else postprocess(block, post.classes[name], grid.voxel_volume_mm3)
             images[name] = mask_image(uncrop(values, start, grid.shape, order="F"), t2.image)
     return images
@@ -151,24 +132,24 @@ def _cascade(t2: Volume, t1: Volume, localizer: OnnxModel, segmenter: OnnxModel,
              timings: dict[str, float]) -> Result:
     spec: ModelSpec = segmenter.spec
     check_inputs(t2, t1)
-    with _timed(timings, "resample"):  # the T2w onto the localizer's block
+    with timed(timings, "resample"):  # the T2w onto the localizer's block
         block = localizer_block(t2.grid, localizer.spec)
         check_work(block.shape, 2, 1, f"the localizer's block for T2w {t2.name}")
         t2_block = on_block(t2, block, localizer.spec)
-    with _timed(timings, "localize"):
+    with timed(timings, "localize"):
         cord = localize(t2, t1, t2_block, block, localizer)
-    with _timed(timings, "crop"):
+    with timed(timings, "crop"):
         box, work = crop_for(cord, t2.grid, spec)
         crop_grid = box.on(work)
         check_work(crop_grid.shape, len(spec.contrasts), len(spec.classes), _crop_name(t2, spec, cord is None))
         x = model_input([(t2.data, t2.grid), (t1.data, t1.grid)], crop_grid, spec.semantics, spec.spacing_mm)
-    with _timed(timings, "segment"):
+    with timed(timings, "segment"):
         probs = sliding_window(x, segmenter, spec.patch_size, spec.stride, len(spec.classes), segmenter.batch_size,
                                _bar(progress, x.shape[1:], spec), normalize_windows=spec.semantics.normalization.value == "window")
     masks = class_images(probs, crop_grid, t2, spec.classes, post, timings, exclusive=spec.output == "exclusive", spec=spec)
-    with _timed(timings, "postprocess"):
+    with timed(timings, "postprocess"):
         cord_native, box_native = localization_masks(cord, crop_grid, t2.grid)
-    with _timed(timings, "stats"):
+    with timed(timings, "stats"):
         stats = None if post.soft else case_stats({c: np.asarray(m.dataobj) for c, m in masks.items()}, cord_native, t2, t1)
     return Result(
         masks=masks,
@@ -277,46 +258,19 @@ class Predictor:
         Output folder: ``out_dir`` or the T2w's folder (or ``out_dir`` as a file name:
         :func:`outputs.output_base`). ``qc``: a report folder (:mod:`qc_report`) that receives the
         cord mask (``_seg-cord``), the crop box (``_cropbox``), pictures and the report's index. Returns {output name: path} with the statistics and the
-        :class:`Result` (:class:`Written`). The outputs are checked
-        before any work (:func:`transaction.check_outputs`): an input is never replaced, nor, unless
-        ``overwrite``, a file this tool did not write or wrote from another T2w.
+        :class:`Result` (:class:`written.Written`). The outputs are checked before any work
+        (:func:`written.plan_outputs`): an input is never replaced, nor, unless ``overwrite``, a
+        file this tool did not write or wrote from another T2w.
         """
         post = post or self.default_postprocessing()
         timings: dict[str, float] = {}
-        with _timed(timings, "load"):
+        with timed(timings, "load"):
             t2, t1 = load_volume(t2_path, "T2w"), load_volume(t1_path, "T1w")
-        check_distinct(t2.path, t1.path)
-        keys = output_keys(self.classes, False, stats=not post.soft)
-        paths = output_paths(t2.path, out_dir, keys)
-        inputs = {"T2w": t2.path, "T1w": t1.path}
-        check_outputs(paths.values(), inputs, overwrite)
-        if qc is not None and not isinstance(qc, (str, os.PathLike)):
-            raise DeepsegError(f"qc: {qc!r} is not a folder path: give the QC report's folder (a str or pathlib.Path), or None")
-        if qc:
-            check_report(Path(qc), t2.path, inputs, overwrite)
+        plan = plan_outputs(t2, t1, self.classes, post, out_dir, qc, overwrite)
         result = segment(t2, t1, self.localizer, self.segmenter, post, self.progress)
         self.last_timings = {**timings, **result.timings}
-        images = {class_key(name): img for name, img in result.masks.items()}
-        texts = {} if result.stats is None else {paths[STATS]: tsv_text([stats_row(result.stats, nifti_stem(t2.path))])}
-        sidecar = {
-            "GeneratedBy": [{**self.provenance(), "CommandLine": command}],
-            "Sources": {role: os.path.abspath(path) for role, path in inputs.items()},
-            "Postprocessing": post.as_dict(),
-            "Runtime": vars(self.runtime),
-            "CropBoxScannerMm": result.box_mm,
-            "CordFound": result.cord_found,
-        }
-        with _timed(self.last_timings, "write"):
-            sidecars = {sidecar_path(paths[k]): {**sidecar, "Output": k} for k in keys}
-            if result.stats is not None:
-                sidecars[sidecar_path(paths[STATS])] = {**sidecar, "Output": STATS, "Statistics": result.stats}
-            write_outputs({paths[k]: images[k] for k in keys if k in images}, sidecars,
-                          check=lambda: check_outputs(paths.values(), inputs, overwrite), files=texts)
-        if qc:
-            with _timed(self.last_timings, "qc"):
-                provenance = {key: sidecar[key] for key in ("GeneratedBy", "Sources", "Postprocessing", "CropBoxScannerMm")}
-                paths.update(write_report(Path(qc), t2, t1, result, provenance, overwrite))
-        return Written(paths, result)
+        side = sidecar(plan, result, self.provenance(), command, post, vars(self.runtime))
+        return write_case(plan, t2, t1, result, side, self.last_timings)
 
 
 def _volume(source, role: str) -> Volume:

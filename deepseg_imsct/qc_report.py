@@ -14,8 +14,6 @@ import contextlib
 import datetime
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -142,17 +140,7 @@ def rebuild_index(folder: Path) -> Path:
     index = Path(folder) / INDEX
     with transaction.locked(Path(folder)):
         text = index_html(records(folder))
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(index), suffix=TEMP_SUFFIX, dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as every output, not mkstemp's 0600
-            os.replace(tmp, index)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        transaction.write_atomic(index, text, temp_prefix(index), TEMP_SUFFIX, mode=None)  # as every output, not 0600
     return index
 
 

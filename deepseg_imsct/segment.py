@@ -2,7 +2,7 @@
 
 Arrays are channel-first over the working grid: (C, S-I, A-P, R-L) for inputs, (K, ...) for
 outputs (sigmoid probabilities). Patch sizes and strides are in working-grid voxels; the crop
-grid comes from stage 1 (:func:`localize.box_for_mask`).
+grid comes from stage 1 (:func:`cropbox.box_for_mask`).
 """
 from __future__ import annotations
 

@@ -196,9 +196,10 @@ def stats_row(stats: Mapping, subject: str) -> dict[str, object]:
 
 
 def tsv_text(rows: list[Mapping[str, object]]) -> str:
-    """Rows as tab-separated text with a header line (the first row's keys); None as 'n/a'."""
-    keys = list(rows[0])
-    lines = ["\t".join(keys)] + ["\t".join("n/a" if r[k] is None else str(r[k]) for k in keys) for r in rows]
+    """Rows as tab-separated text with a header line (every row's keys, in first-seen order); None
+    and missing values as 'n/a'."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["\t".join(keys)] + ["\t".join("n/a" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -130,8 +130,9 @@ def _graph_input(onnx: Path) -> str:
 
 def install_folder(path: Path, registry, task_name: str) -> list[Path]:
     """Install every model folder under ``path`` (see the module docstring); returns the files."""
-    from .archive import git_blob_sha1
-    from .download import cache_dir, import_model
+    from .checksums import git_blob_sha1
+    from .cache import cache_dir
+    from .download import import_model
 
     pairs = find_folders(path)
     if not pairs:

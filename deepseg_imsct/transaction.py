@@ -7,19 +7,21 @@ in the way, and (unless ``overwrite``) a file this tool did not write or wrote f
 :func:`locked` serializes writers on :data:`outputs.LOCK_NAME`; once held, a set left half-replaced
 by a killed run is rolled back (:data:`outputs.JOURNAL_NAME`) and stale temporary files of this
 tool (:data:`outputs.TEMP_NAME`) are removed. :func:`commit` keeps each old file aside until every
-new one is in place and puts the old set back on any failure or interrupt.
+new one is in place and puts the old set back on any failure or interrupt. :func:`write_atomic`
+replaces one file at once (an index, a table, a model's record).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from .checksums import sha256_file
 from .errors import DeepsegError
 from .outputs import JOURNAL_NAME, LOCK_NAME, PROG, TEMP_NAME, TEMP_SUFFIX, TOOL_NAME, sidecar_path, temp_name_length, temp_prefix
 
@@ -91,14 +93,6 @@ def _check_not_input(target: Path, inputs: Mapping[str, Path | str]) -> None:
             raise DeepsegError(f"output {target} would replace the {role} input {source}: rename that input or choose another folder with -o")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recorded(sidecar: Path) -> dict | None:
     """The sidecar's content where it says this tool wrote it, else None."""
     try:
@@ -165,6 +159,28 @@ def sweep(folder: Path, before: float) -> None:
         if TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
+
+
+def new_file_mode() -> int:
+    """The permissions of a new file under this process's umask (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path: Path, data: str | bytes, prefix: str, suffix: str = "", mode: int | None = 0o644) -> None:
+    """Replace ``path`` with ``data`` (text: UTF-8) at once: written to a temporary file
+    ``<prefix>*<suffix>`` next to it, given ``mode`` (None: :func:`new_file_mode`), then renamed
+    onto it, so readers see the old file or the whole new one; the temporary file never stays."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=Path(path).parent)
+    try:
+        with (os.fdopen(fd, "w", encoding="utf-8") if isinstance(data, str) else os.fdopen(fd, "wb")) as fh:
+            fh.write(data)
+        os.chmod(tmp, new_file_mode() if mode is None else mode)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _aside(final: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepseg_imsct import archive, download
+from deepseg_imsct import archive, cache, checksums, download
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import load_registry
 from http_server import FlakyServer, send_bytes, status
@@ -53,9 +53,9 @@ def published(tmp_path):
 
 def test_git_blob_sha1_is_what_git_names_the_file(tmp_path):
     (tmp_path / "hello").write_bytes(b"hello\n")
-    assert archive.git_blob_sha1(tmp_path / "hello") == "ce013625030ba8dba906f756967f9e9ca394464a"  # git hash-object
+    assert checksums.git_blob_sha1(tmp_path / "hello") == "ce013625030ba8dba906f756967f9e9ca394464a"  # git hash-object
     (tmp_path / "empty").write_bytes(b"")
-    assert archive.git_blob_sha1(tmp_path / "empty") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert checksums.git_blob_sha1(tmp_path / "empty") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 
 
 def test_the_shipped_entries_name_the_published_files_by_blob_and_tag():
@@ -103,7 +103,7 @@ def test_an_archive_with_another_file_is_refused_and_nothing_is_installed(publis
         with pytest.raises(DeepsegError, match=rf"cannot get model {LOC}-{TAG} .*/bad.zip: git blob SHA-1 {blob(other)}, "
                                                rf"expected {spec.blob_sha1}.*/gone.zip: HTTP 404"):
             download.ensure_model(spec, progress=False)
-    folder = download.cache_dir() / "models" / LOC / TAG
+    folder = cache.cache_dir() / "models" / LOC / TAG
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".flock")) == []
 
 

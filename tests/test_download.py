@@ -24,14 +24,14 @@ import pytest
 from http_server import FlakyServer, free_port, html_page, redirect, send_bytes, stall, status, trickle
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
-from deepseg_imsct import cli, download, fetch
+from deepseg_imsct import cache, checksums, cli, download, fetch
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import ModelSpec
 
 PAYLOAD = b"\x08\x07\x12\x04onnx" + os.urandom(300_000)
 READ_TIMEOUT_S = 0.4
 TUNABLES = {fetch: ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "BACKOFF_S", "RATE_WINDOW_S", "WATCH_POLL_S"),
-            download: ("LOCK_POLL_S", "LOCK_WAIT_S")}
+            cache: ("LOCK_POLL_S", "LOCK_WAIT_S")}
 
 
 def make_spec(payload: bytes = PAYLOAD, sources: tuple[str, ...] = (), registry_dir: Path | None = None,
@@ -50,8 +50,8 @@ def _tune() -> None:
     fetch.READ_TIMEOUT_S = READ_TIMEOUT_S
     fetch.BACKOFF_S = 0.01
     fetch.WATCH_POLL_S = 0.02
-    download.LOCK_POLL_S = 0.02
-    download.LOCK_WAIT_S = 60.0
+    cache.LOCK_POLL_S = 0.02
+    cache.LOCK_WAIT_S = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -408,7 +408,7 @@ def test_old_cache_keeps_working(server: FlakyServer, home: Path) -> None:
     path = _old_cache(home, spec, PAYLOAD)
     assert download.ensure_model(spec, offline=True) == path
     assert download.is_installed(spec)
-    download.clear_cache()
+    cache.clear_cache()
     assert not (home / "models").exists() and not (home / "stamps").exists()
 
 
@@ -482,7 +482,7 @@ def test_import_from_file_and_folder(home: Path, tmp_path: Path) -> None:
     source.write_bytes(PAYLOAD)
     assert download.import_model(spec, source) == cached(spec, home)
     assert download.ensure_model(spec, offline=True).read_bytes() == PAYLOAD
-    download.clear_cache(spec)
+    cache.clear_cache(spec)
     assert not cached(spec, home).exists()
     assert download.import_model(spec, source.parent).read_bytes() == PAYLOAD
     assert leftovers(cached(spec, home).parent) == ["model.onnx"]
@@ -621,10 +621,10 @@ def test_disk_full_while_downloading_leaves_nothing(server: FlakyServer, home: P
 
 def test_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(tmp_path / "x"))
-    assert download.cache_dir() == tmp_path / "x"
+    assert cache.cache_dir() == tmp_path / "x"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DEEPSEG_IMSCT_HOME", "rel")
-    assert download.cache_dir() == tmp_path / "rel"
+    assert cache.cache_dir() == tmp_path / "rel"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout")
@@ -632,9 +632,9 @@ def test_cache_dir_platform_default_is_the_earlier_one(monkeypatch: pytest.Monke
     monkeypatch.delenv("DEEPSEG_IMSCT_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert download.cache_dir() == tmp_path / "home" / ".cache" / "deepseg_imsct"
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "deepseg_imsct"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert download.cache_dir() == tmp_path / "xdg" / "deepseg_imsct"
+    assert cache.cache_dir() == tmp_path / "xdg" / "deepseg_imsct"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout")
@@ -645,13 +645,13 @@ def test_cache_dir_falls_back_to_temp(monkeypatch: pytest.MonkeyPatch, caplog: p
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(download.os, "access", lambda path, mode: False)  # unwritable home
-    with caplog.at_level(logging.WARNING, logger="deepseg_imsct.download"):
-        found = download.cache_dir()
-    assert found.parent == Path(download.tempfile.gettempdir()) and found.name.startswith("deepseg_imsct-")
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)  # unwritable home
+    with caplog.at_level(logging.WARNING, logger="deepseg_imsct.cache"):
+        found = cache.cache_dir()
+    assert found.parent == Path(cache.tempfile.gettempdir()) and found.name.startswith("deepseg_imsct-")
     assert "DEEPSEG_IMSCT_HOME" in caplog.text
     (home / ".cache" / "deepseg_imsct").mkdir(parents=True)  # an existing (read-only) cache is still used
-    assert download.cache_dir() == home / ".cache" / "deepseg_imsct"
+    assert cache.cache_dir() == home / ".cache" / "deepseg_imsct"
 
 
 @pytest.mark.parametrize("field, value, shown", [("file", "../../evil.onnx", "../../evil.onnx"),
@@ -667,15 +667,15 @@ def test_unsafe_file_name_in_registry(home: Path, field: str, value: str, shown:
 def test_clear_cache_all(server: FlakyServer, home: Path) -> None:
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
     download.ensure_model(spec, progress=False)
-    download.clear_cache()
+    cache.clear_cache()
     assert not (home / "models").exists()
-    download.clear_cache()  # nothing left: no error
+    cache.clear_cache()  # nothing left: no error
 
 
-def test_sha256sum(tmp_path: Path) -> None:
+def test_sha256_file(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(PAYLOAD * 5)
-    assert download.sha256sum(path) == hashlib.sha256(PAYLOAD * 5).hexdigest()
+    assert checksums.sha256_file(path) == hashlib.sha256(PAYLOAD * 5).hexdigest()
 
 
 # ----------------------------------------------------------------------------- locking, real processes
@@ -691,7 +691,7 @@ time.sleep(120)
 
 
 def test_lock_held_by_another_process_times_out_with_clear_error(server: FlakyServer, home: Path) -> None:
-    download.LOCK_WAIT_S = 0.3
+    cache.LOCK_WAIT_S = 0.3
     spec = make_spec(sources=(server.route("/a", send_bytes(PAYLOAD)),))
     folder = cached(spec, home).parent
     folder.mkdir(parents=True)

@@ -34,7 +34,7 @@ from onnx_models import write_registry
 from unprivileged import as_nobody, can_drop_privileges, shared_folder
 
 from deepseg_imsct import batch as batch_module
-from deepseg_imsct import batch_cli, cli, download, fetch, io, limits, registry, transaction
+from deepseg_imsct import batch_cli, cache, cli, fetch, io, limits, registry, transaction
 from deepseg_imsct.batch import run_batch
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.pipeline import Predictor, segment_files
@@ -91,7 +91,7 @@ class Env:
         monkeypatch.setenv("DEEPSEG_IMSCT_HOME", str(self.cache))
         for module, name, value in ((fetch, "BACKOFF_S", 0.01), (fetch, "READ_TIMEOUT_S", 0.3),
                                     (fetch, "CONNECT_TIMEOUT_S", 2.0), (fetch, "WATCH_POLL_S", 0.02),
-                                    (download, "LOCK_POLL_S", 0.02), (download, "LOCK_WAIT_S", 0.3)):
+                                    (cache, "LOCK_POLL_S", 0.02), (cache, "LOCK_WAIT_S", 0.3)):
             monkeypatch.setattr(module, name, value)
         for name in (fetch.ENV_DEADLINE, fetch.ENV_MIN_RATE):
             monkeypatch.delenv(name, raising=False)
@@ -733,7 +733,7 @@ def _(env):
         env.mp.delenv(name, raising=False)
     (env.base / "not_a_folder").write_text("x")
     env.mp.setenv("HOME", str(env.base / "not_a_folder" / "home"))  # ~/.cache cannot be created
-    env.mp.setattr(download.tempfile, "tempdir", str(env.base))
+    env.mp.setattr(cache.tempfile, "tempdir", str(env.base))
     return env.cli("-list-tasks", code=0)
 
 

@@ -25,7 +25,8 @@ from test_pipeline import write_case
 from deepseg_imsct import limits
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.io import PRIVATE_TEXT_FIELDS, load_volume
-from deepseg_imsct.localize import csf_evidence, find_cord, localize, localizer_block, on_block
+from deepseg_imsct.contrast_order import csf_evidence
+from deepseg_imsct.localize import find_cord, localize, localizer_block, on_block
 from deepseg_imsct.pipeline import Predictor, segment_files
 from deepseg_imsct.registry import load_registry
 from deepseg_imsct.task import TUMOR_EDEMA_CAVITY

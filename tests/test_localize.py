@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from deepseg_imsct.grid import Grid, apply_affine, working_grid
-from deepseg_imsct.localize import box_for_mask, centred_block, cord_components, crop_box, mask_extent_mm
+from deepseg_imsct.cropbox import box_for_mask, crop_box, mask_extent_mm
+from deepseg_imsct.localize import centred_block, cord_components
 
 PATCH, STRIDE = (128, 128, 32), (64, 64, 32)
 

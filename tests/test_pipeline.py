@@ -86,7 +86,7 @@ def test_each_intermediate_is_computed_once(predictor, monkeypatch):
     t2, t1, _ = synthetic.case()
     assert predictor(t2, t1).cord_found
     # two localizer calls: the T2w, then the T1w, since this phantom has no CSF around the cord to
-    # confirm the contrast order (localize.check_order; with CSF: one call, tests/test_inputs_safety.py)
+    # confirm the contrast order (contrast_order.check_order; with CSF: one call, tests/test_inputs_safety.py)
     assert len(calls) == 2 and len(blocks) == 2
 
 
@@ -198,7 +198,7 @@ def test_same_file_twice_is_refused(predictor, tmp_path):
 
 
 def test_swapped_contrasts_are_detected_from_csf_around_the_cord():
-    from deepseg_imsct.localize import looks_swapped
+    from deepseg_imsct.contrast_order import looks_swapped
 
     shape = (40, 30, 20)
     ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
@@ -234,7 +234,7 @@ def test_a_cavity_found_on_the_t1w_does_not_make_a_correct_pair_look_swapped():
     """Phantom 200032 (generator 2.0, test split) was refused as swapped: the localizer found its
     cavity on the T1w, and a cavity is brighter than its shell on T2w and darker on T1w."""
     from deepseg_imsct.io import as_volume
-    from deepseg_imsct.localize import check_order, looks_swapped
+    from deepseg_imsct.contrast_order import check_order, looks_swapped
 
     cord, cavity, t2, t1 = _cord_with_cavity()
     assert looks_swapped(cavity, t2, t1)  # the measure alone cannot tell a cavity from a swap

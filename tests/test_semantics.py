@@ -11,7 +11,8 @@ import pytest
 import synthetic
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.grid import Grid, apply_affine
-from deepseg_imsct.localize import centred_block, first_component_bounds, reference_box
+from deepseg_imsct.cropbox import first_component_bounds, reference_box
+from deepseg_imsct.localize import centred_block
 from deepseg_imsct.postprocess import ClassPost, fill_holes, postprocess
 from deepseg_imsct.primitives import zscore, zscore_window
 from deepseg_imsct.registry import load_registry

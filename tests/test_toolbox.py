@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deepseg_imsct import cli, download
+from deepseg_imsct import cache, cli, download
 from deepseg_imsct.errors import DeepsegError
 from deepseg_imsct.registry import load_registry, parse_entry
 from deepseg_imsct.semantics import IVADOMED, LocalizerKeep
@@ -117,8 +117,8 @@ def test_a_custom_model_folder_is_accepted_with_a_notice_into_a_registry_of_its_
     monkeypatch.setenv("DEEPSEG_IMSCT_REGISTRY", str(tmp_path / "registry" / "model_registry.json"))
     with caplog.at_level(logging.WARNING, logger="deepseg_imsct"):
         installed = install_folder(root, load_registry(), "tumor_edema_cavity_t1_t2")
-    custom = download.cache_dir() / "custom" / "model_registry.json"
-    assert installed == [download.cache_dir() / "custom" / f"custom_{SEG}" / f"{SEG}.onnx"]
+    custom = cache.cache_dir() / "custom" / "model_registry.json"
+    assert installed == [cache.cache_dir() / "custom" / f"custom_{SEG}" / f"{SEG}.onnx"]
     assert "accepted unverified" in caplog.text and str(custom) in caplog.text
     reg = load_registry(custom)
     task = reg.task("tumor_edema_cavity_t1_t2")

@@ -17,12 +17,14 @@ if importlib.util.find_spec("imsct_train") is None:  # not pip-installed: use th
 from imsct_train import data as D
 from imsct_train.export import export_onnx, parity, registry_entry, update_registry
 from imsct_train import train as T
-from imsct_train.train import CaseStore, Trainer, dice_loss
+from imsct_train import trainer as TR
+from imsct_train.trainer import CaseStore, Trainer, dice_loss
 from imsct_train.tune import ValCase, best_value, class_mask, sweep
 from imsct_train.unet import Modified3DUNet, _SubpixelUp, count_parameters, inference_form
 
 from deepseg_imsct.grid import Grid, working_grid
-from deepseg_imsct.localize import box_for_mask, centred_block
+from deepseg_imsct.cropbox import box_for_mask
+from deepseg_imsct.localize import centred_block
 from deepseg_imsct.segment import model_input
 
 LOC = {"contrasts": ["t2"], "classes": ["cord"], "spacing_mm": [2.0, 2.0, 2.0],
@@ -153,7 +155,7 @@ def test_a_step_with_non_finite_gradients_is_skipped(tmp_path, monkeypatch):
     store = CaseStore({"c0": lambda: standin_case(0)})
     trainer = Trainer(_config("localizer", LOC), tmp_path / "run")
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    monkeypatch.setattr(T, "compute_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True) * sum(
+    monkeypatch.setattr(TR, "compute_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True) * sum(
         p.sum() for p in trainer.model.parameters()))
     info = trainer.step(trainer.batch(store, 0))
     assert np.isnan(info["loss"]) and trainer.state.iteration == 1

@@ -34,7 +34,8 @@ from . import crops as C
 from .batches import BatchDataset, BatchMaker
 from .data import StageConfig, phantom_case
 from .losses import choose_precision, deep_supervision_loss
-from .train import dice, load_config, seeds
+from .train import load_config, seeds
+from .trainer import dice
 from .unet import Modified3DUNet, count_parameters
 
 log = logging.getLogger("imsct_train.campaign")

@@ -1,7 +1,7 @@
 """Pre-built segmenter crops: each case resampled and z-scored once, patches cut and augmented cheaply.
 
 A case's crop is the runtime's stage-2 box around its ground-truth cord (the registry geometry:
-:func:`deepseg_imsct.localize.box_for_mask`), widened by ``margin`` voxels on each side so that
+:func:`deepseg_imsct.cropbox.box_for_mask`), widened by ``margin`` voxels on each side so that
 box jitter and patch rotations stay inside real data. Channels are resampled from the native
 grids and z-scored with the statistics of the runtime box itself (as
 :func:`deepseg_imsct.segment.model_input` does at run time), then stored as float16; labels
@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from deepseg_imsct.grid import resample
-from deepseg_imsct.localize import Box, box_for_mask
+from deepseg_imsct.cropbox import Box, box_for_mask
 from deepseg_imsct.primitives import zscore
 
 from .data import Case, StageConfig, rotation_matrix

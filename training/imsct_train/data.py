@@ -24,7 +24,8 @@ from scipy import ndimage
 from deepseg_imsct.grid import Grid, crop, resample, working_grid
 from deepseg_imsct.primitives import zscore
 from deepseg_imsct.registry import ModelSpec, parse_entry
-from deepseg_imsct.localize import Box, box_for_mask, centred_block
+from deepseg_imsct.cropbox import Box, box_for_mask
+from deepseg_imsct.localize import centred_block
 
 log = logging.getLogger(__name__)
 
