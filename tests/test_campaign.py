@@ -236,11 +236,13 @@ def test_export_writes_an_exclusive_entry_whose_facts_are_in_the_graph(tmp_path)
 
     reg = tmp_path / "model_registry.json"
     reg.write_text('{"schema": 1, "tasks": {}, "models": {}}')
-    cfg = _campaign_config(tmp_path) | {"export": {"postprocessing": {c: {"threshold": 0.5} for c in GEOMETRY["classes"]}}}
+    cfg = _campaign_config(tmp_path) | {"export": {"postprocessing": {c: {"threshold": 0.5} for c in GEOMETRY["classes"]},
+                                                   "stride": [32, 8, 16]}}
     cfg["model"]["output"] = "exclusive"
     path = export_trained(CP.build_model(cfg).eval(), cfg, registry_path=reg)
     spec = load_registry(reg).model("t_seg", "t")
     assert spec.output == "exclusive" and spec.patch_size == (32, 16, 16)
+    assert spec.stride == (32, 8, 16) and cfg["geometry"]["stride"] == GEOMETRY["stride"]  # the run-time stride; config untouched
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta[METADATA_KEY]) == spec.facts()
 

@@ -53,7 +53,7 @@ def test_exclusive_entries_must_end_with_the_union(tmp_path):
 
 def test_a_model_file_made_for_other_settings_is_refused(tmp_path):
     reg = load_registry()
-    spec = reg.model("imsct_segmenter")
+    spec = reg.model("imsct_segmenter", "1.1.1")  # a sigmoid model: "exclusive" differs
     facts = spec.facts()
     spec.check_facts({}, "m.onnx")  # a graph without facts (older exports) passes
     spec.check_facts({METADATA_KEY: json.dumps(facts)}, "m.onnx")

@@ -124,6 +124,16 @@ def update_registry(registry_path: Path, name: str, version: str, entry: Mapping
     log.info("registry %s: %s version %s (default %s)", registry_path, name, version, model["default_version"])
 
 
+def runtime_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as the runtime will read it: ``export.stride`` (the sliding window's stride at
+    run time, voxels S-I, A-P, R-L), when given, replaces the training geometry's (which also names
+    the training crops' folder and so cannot change during a campaign)."""
+    stride = cfg.get("export", {}).get("stride")
+    if stride is None:
+        return dict(cfg)
+    return {**cfg, "geometry": {**cfg["geometry"], "stride": list(stride)}}
+
+
 def export_trained(model: torch.nn.Module, cfg: Mapping[str, Any], registry_path: Path | None = None,
                    check_parity: bool = True) -> Path:
     """Export ``model`` to ``<registry dir>/models/<name>-<version>.onnx`` and register it.
@@ -132,6 +142,7 @@ def export_trained(model: torch.nn.Module, cfg: Mapping[str, Any], registry_path
     torch model is checked with ONNX Runtime on a random input (z-score-like values).
     """
     registry_path = Path(registry_path or default_registry_path()).resolve()  # the file, not a symlink to it
+    cfg = runtime_config(cfg)
     name, version = cfg["name"], str(cfg["version"])
     g = cfg["geometry"]
     file_name = f"{name}-{version}.onnx"
