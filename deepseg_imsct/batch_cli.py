@@ -8,23 +8,17 @@ failed exits with status 1 (the status table says which, and why).
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
 import sys
 from typing import Sequence
 
 from . import __version__
-from .cli import _add_parameter, configure_logging, task_parameters, user_values
-from .console import exit_status, safe_streams, stop_signals_interrupt
+from .cli import _add_parameter, run_main, task_parameters, user_values
 from .errors import DeepsegError
 from .outputs import DEFAULT_TASK
 from .params import ParamSpec, configure, parameters
 
 PROG = "imsct_batch"
-ERROR_PREFIX = f"{PROG}: error: "
 BATCH_ONLY = ("out_dir",)  # the derivatives folder is the batch's own -o
-
-log = logging.getLogger("deepseg_imsct")
 
 
 def build_parser(specs: Sequence[ParamSpec] | None = None, classes: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -91,22 +85,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 when every subject is done (or up to date), 1 when some failed, 2 for an
     error (one line), 128 + the signal's number when stopped."""
-    with safe_streams():
-        argv = list(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(argv)
-        args.command_line = shlex.join([PROG, *argv])
-        handler = configure_logging(args.v)
-        try:
-            with stop_signals_interrupt():
-                return run(args)
-        except DeepsegError as exc:
-            print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt as exc:
-            print(f"{PROG}: interrupted: subjects already written are complete; run the same command again to go on", file=sys.stderr)
-            return exit_status(exc)
-        finally:
-            logging.getLogger("deepseg_imsct").removeHandler(handler)
+    return run_main(PROG, argv, build_parser, run,
+                    "subjects already written are complete; run the same command again to go on")
 
 
 if __name__ == "__main__":

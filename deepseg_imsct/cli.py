@@ -11,12 +11,12 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .console import exit_status, safe_streams, stop_signals_interrupt
 from .errors import DeepsegError
-from .outputs import DEFAULT_TASK, ERROR_PREFIX, PROG, viewer_command
+from .outputs import DEFAULT_TASK, PROG, viewer_command
 from .params import ParamKind, ParamSpec, parameters
 
 log = logging.getLogger("deepseg_imsct")
@@ -233,26 +233,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command: 0 when done, 2 for an error (one line), 128 + the signal's number when stopped
-    by Ctrl-C (130), SIGTERM (143) or SIGHUP (129); stdout and stderr may be closed or full."""
+def run_main(prog: str, argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser],
+             run_args: Callable[[argparse.Namespace], int], interrupted: str) -> int:
+    """A command's main (this one's and ``imsct_batch``'s): parse ``argv``, log at ``-v``, run;
+    a :class:`DeepsegError` is one line and status 2, Ctrl-C, SIGTERM or SIGHUP print
+    ``<prog>: interrupted: <interrupted>`` and return 128 + the signal's number; stdout and stderr
+    may be closed or full."""
     with safe_streams():
-        parser = build_parser()
+        parser = build()
         argv = list(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
-        args.command_line = shlex.join([PROG, *argv])
+        args.command_line = shlex.join([prog, *argv])
         handler = configure_logging(args.v)
         try:
             with stop_signals_interrupt():
-                return run(args)
+                return run_args(args)
         except DeepsegError as exc:
-            print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
-            print(f"{PROG}: interrupted: no output was written or changed", file=sys.stderr)
+            print(f"{prog}: interrupted: {interrupted}", file=sys.stderr)
             return exit_status(exc)
         finally:
             log.removeHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: 0 when done, 2 for an error (one line), 128 + the signal's number when stopped
+    by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
+    return run_main(PROG, argv, build_parser, run, "no output was written or changed")
 
 
 if __name__ == "__main__":
