@@ -70,14 +70,13 @@ def fill_holes(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     return ~outside[labels]
 
 
-def remove_small(mask: np.ndarray, min_volume_mm3: float, voxel_volume_mm3: float, min_voxels: int = 0) -> np.ndarray:
-    """Drop 18-connected components whose volume is strictly below ``min_volume_mm3`` or that
-    have fewer than ``min_voxels`` voxels."""
-    if (min_volume_mm3 <= 0 and min_voxels <= 0) or not mask.any():
+def remove_small(mask: np.ndarray, min_volume_mm3: float, voxel_volume_mm3: float) -> np.ndarray:
+    """Drop 18-connected components whose volume is strictly below ``min_volume_mm3``
+    (a count of voxels is :meth:`ClassPost.min_volume_mm3`'s concern)."""
+    if min_volume_mm3 <= 0 or not mask.any():
         return mask
     labels, _ = connected_components(mask, connectivity=2)
-    counts = np.bincount(labels.ravel())
-    keep = (counts * voxel_volume_mm3 >= min_volume_mm3 * (1 - 1e-9)) & (counts >= min_voxels)
+    keep = np.bincount(labels.ravel()) * voxel_volume_mm3 >= min_volume_mm3 * (1 - 1e-9)
     keep[0] = False
     return keep[labels]
 
