@@ -266,4 +266,48 @@ def test_learning_curve_counts_a_redone_step_once(tmp_path):
     (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     (row,) = rows(tmp_path / "h.jsonl")
     assert row["iteration"] == 3 and row["cpu_hours"] == pytest.approx(3 * 3.6 / 3600) and row["loss"] == pytest.approx(5 / 3)
-    assert "| 3 | 0.00 | 1.667 | 2.0 | 3.00 / 0.60 | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")
+    assert "| 3 | 0.00 | 1.667 | 2.0 | 3.00 / 0.60 | - | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")
+
+
+def test_a_new_generator_links_the_crops_whose_parameters_did_not_change(tmp_path, crop_dir, monkeypatch):
+    """prepare links a case from another generator's folder when its params_sha256 is the case's
+    digest now, and builds the others; reuse_crop never links a different digest."""
+    from imsct_train.phantoms import params_digest, sample_case_params
+    from imsct_train.phantoms import dataset as D
+
+    cfg = _campaign_config(tmp_path / "crops") | {"data": {"crops_dir": str(tmp_path / "crops"), "val_seeds": [100000, 100002]}}
+    old = CP.crop_folder(cfg, "val")
+    old.mkdir(parents=True)
+    for k, seed in enumerate((100000, 100001)):
+        x, y, meta = C.build_crop(standin_case(k + 1), STAGE, MARGIN)
+        digest = params_digest(sample_case_params(seed)) if seed == 100000 else "stale"
+        C.save_crop(old, x, y, meta | {"name": f"phantom-{seed:05d}", "params_sha256": digest})
+    monkeypatch.setattr(D, "GENERATOR_VERSION", "9.9")
+    built = []
+    monkeypatch.setattr(CP, "_prepare_one", lambda job: built.append(job[0]))
+    new = CP.prepare(cfg, "val", jobs=1)
+    assert new != old and built == [100001]
+    assert (new / "phantom-100000.x.npy").samefile(old / "phantom-100000.x.npy")
+    assert json.loads((new / "phantom-100000.json").read_text())["params_sha256"] == params_digest(sample_case_params(100000))
+    assert C.reuse_crop(tmp_path / "other", "phantom-100001", "fresh", [old]) is None
+    assert not (tmp_path / "other").exists()
+
+
+def test_scores_on_a_new_validation_set_start_a_new_best(tmp_path, crop_dir, monkeypatch):
+    from imsct_train.phantoms import dataset as D
+
+    cfg = _campaign_config(tmp_path / "crops")
+    _copy_crops(cfg, crop_dir)
+    camp = CP.Campaign(cfg, tmp_path / "run")
+    camp.run(stop_at=2)
+    first_set = camp.state["validation_set"]
+    assert camp.state["best_iteration"] == 2 and first_set.startswith(f"g{D.GENERATOR_VERSION}-")
+    camp.state["best_score"] = 2.0  # unbeatable on the old set
+    monkeypatch.setattr(D, "GENERATOR_VERSION", "9.9")
+    _copy_crops(cfg, crop_dir)
+    camp.run(stop_at=4)
+    assert camp.state["validation_set"].startswith("g9.9-") and camp.state["best_iteration"] == 4
+    assert (tmp_path / "run" / f"best-{first_set}-step2.pt").exists()
+    from imsct_train.history import rows
+
+    assert [(r["iteration"], r["set"]) for r in rows(tmp_path / "run" / "history.jsonl")] == [(2, first_set), (4, camp.state["validation_set"])]

@@ -166,11 +166,44 @@ def test_orientations_vary():
 
 
 def test_acquisition_ranges():
-    for s in range(200):
+    """2D sagittal stacks over a coverage window, and (generator 2.1) 3D isotropic voxels and small
+    fields of view, each in about 15 % of the cases."""
+    iso = small = 0
+    for s in range(400):
         p = sample_case_params(s)
         g = p.t2
-        assert 10 <= g.n_slices <= 24 and 2.0 <= g.slice_mm <= 5.0 and 0.3 <= g.inplane_mm <= 1.0
-        assert 250 <= g.fov_si_mm <= 450 and 200 <= g.fov_ap_mm <= 300
+        if g.slice_mm == g.inplane_mm:
+            iso += 1
+            assert 0.8 <= g.inplane_mm <= 1.2 and g.gap_mm == 0 and 40 <= g.n_slices * g.slice_mm <= 65
+        else:
+            assert 10 <= g.n_slices <= 24 and 2.0 <= g.slice_mm <= 5.0 and 0.3 <= g.inplane_mm <= 1.0
+        if g.fov_si_mm < 250:
+            small += 1
+            assert 45 <= g.fov_si_mm <= 160 and 45 <= g.fov_ap_mm <= 120
+            assert all(abs(les.s_center - p.anatomy["s_center"]) < g.fov_si_mm / 2 for les in p.lesions), \
+                "a small field of view is placed on imaged cord, lesions inside it"
+        else:
+            assert 250 <= g.fov_si_mm <= 450 and 200 <= g.fov_ap_mm <= 300
+    assert 40 <= iso <= 80 and 40 <= small <= 80
+
+
+def test_small_isotropic_case_holds_its_lesion():
+    case = generate_case(34)  # 3D isotropic 0.87 mm, 59 mm S-I field of view, ependymoma
+    assert np.allclose(case.t2w.header.get_zooms()[:3], case.t2w.header.get_zooms()[0])
+    lab = {k: _arr(case.labels[k]).astype(bool) for k in LABEL_KEYS}
+    assert lab["tumor"].sum() > 500 and not (lab["whole-tumor"] & ~lab["cord"]).any()
+
+
+def test_edema_is_visible_and_other_cases_keep_their_draws():
+    """Edema drawn on 1.1-2.0 x cord, faint draws reflected above 1.3 (generator 2.1): the draw
+    sequence is unchanged, so a case without edema or new acquisition keeps its 2.0 parameters."""
+    from imsct_train.phantoms.lesions import visible_edema_ratio
+
+    assert [visible_edema_ratio(v) for v in (1.1, 1.25, 1.3, 1.8)] == pytest.approx([1.5, 1.35, 1.3, 1.8])
+    ratios = [les.edema_t2 for s in range(300) for les in sample_case_params(s).lesions if les.edema_above + les.edema_below]
+    assert len(ratios) > 50 and min(ratios) >= 1.3 and max(ratios) <= 2.0
+    a, b = sample_case_params(0), sample_case_params(0, has_edema=True)
+    assert a.t2 == b.t2 and a.anatomy == b.anatomy and a.contrast == b.contrast
 
 
 # ------------------------------------------------------------------------- rendering internals

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,28 +42,40 @@ from .unet import Modified3DUNet, count_parameters
 log = logging.getLogger("imsct_train.campaign")
 
 
+def _geometry_tag(cfg: dict[str, Any]) -> str:
+    g = cfg["geometry"]
+    return f"p{'x'.join(str(v) for v in g['patch_size'])}-s{'x'.join(str(v) for v in g['stride'])}"
+
+
 def crop_folder(cfg: dict[str, Any], split: str) -> Path:
-    """``<crops_dir>/g<generator>-<patch>/<split>``: a new generator or geometry never reuses old crops."""
+    """``<crops_dir>/g<generator>-<patch>/<split>``: one folder per generator version and geometry."""
     from .phantoms.dataset import GENERATOR_VERSION
 
-    g = cfg["geometry"]
-    tag = f"g{GENERATOR_VERSION}-p{'x'.join(str(v) for v in g['patch_size'])}-s{'x'.join(str(v) for v in g['stride'])}"
-    return Path(cfg["data"].get("crops_dir", "runs/crops")) / tag / split
+    return Path(cfg["data"].get("crops_dir", "runs/crops")) / f"g{GENERATOR_VERSION}-{_geometry_tag(cfg)}" / split
 
 
 def _prepare_one(job: tuple[int, dict[str, Any], str]) -> str:
     seed, cfg, folder = job
     case = phantom_case(seed)
     x, y, meta = C.build_crop(case, StageConfig.from_dict(cfg["geometry"]))  # the runtime's box for this geometry
-    C.save_crop(Path(folder), x, y, meta)
+    C.save_crop(Path(folder), x, y, meta | {"params_sha256": (case.meta or {}).get("params_sha256")})
     return meta["name"]
 
 
 def prepare(cfg: dict[str, Any], split: str, jobs: int) -> Path:
-    """Generate the split's phantoms and write their crops (skipping those already there)."""
+    """Generate the split's phantoms and write their crops, skipping those already there and linking
+    those another generator version rendered from the same parameters (:func:`crops.reuse_crop`)."""
+    from .phantoms import params_digest, sample_case_params
+
     folder = crop_folder(cfg, split)
     done = set(C.complete_cases(folder))
-    todo = [s for s in seeds(cfg["data"][f"{split}_seeds"], split) if f"phantom-{s:05d}" not in done]
+    others = sorted(p for p in folder.parent.parent.glob(f"g*-{_geometry_tag(cfg)}/{split}") if p != folder)
+    todo = []
+    for s in tqdm([s for s in seeds(cfg["data"][f"{split}_seeds"], split) if f"phantom-{s:05d}" not in done],
+                  desc=f"{split} reuse", leave=False):
+        if not others or C.reuse_crop(folder, f"phantom-{s:05d}", params_digest(sample_case_params(s)), others) is None:
+            todo.append(s)
+    log.info("%s: %d crops to build", split, len(todo))
     work = [(s, cfg, str(folder)) for s in todo]
     if jobs <= 1:
         for job in tqdm(work, desc=f"{split} crops"):
@@ -269,9 +282,18 @@ class Campaign:
         bar.close()
 
     def validate(self, folder: Path, names: list[str]) -> None:
+        """Validate; a new best is saved as best.pt. Scores on another validation set (a new generator
+        version) do not compare: the best so far is then kept as ``best-<set>-step<N>.pt`` and reset."""
+        tag = folder.parent.name
+        if self.state.get("validation_set") != tag:
+            if (self.run_dir / "best.pt").exists():
+                old = f"best-{self.state.get('validation_set') or 'previous'}-step{self.state['best_iteration']}.pt"
+                shutil.copyfile(self.run_dir / "best.pt", self.run_dir / old)
+                log.info("validation set %s (was %s): best so far kept as %s", tag, self.state.get("validation_set"), old)
+            self.state.update(validation_set=tag, best_score=-1.0, best_iteration=0)
         metrics = validate(self.evaluated, folder, names, self.cfg)
         log.info("step %d validation %s", self.state["iteration"], json.dumps(metrics))
-        self.log({"iteration": self.state["iteration"], "validation": metrics})
+        self.log({"iteration": self.state["iteration"], "validation": metrics, "validation_set": tag})
         if metrics["score"] > self.state["best_score"]:
             self.state["best_score"], self.state["best_iteration"] = metrics["score"], self.state["iteration"]
             torch.save(self.evaluated.state_dict(), self.run_dir / "best.pt")

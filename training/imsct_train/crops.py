@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,32 @@ def save_crop(folder: Path, x: np.ndarray, y: np.ndarray, meta: dict) -> None:
     tmp = folder / f"{name}.json.tmp"
     tmp.write_text(json.dumps(meta), encoding="utf-8")
     tmp.replace(folder / f"{name}.json")
+
+
+def reuse_crop(folder: Path, name: str, digest: str, others: Sequence[Path]) -> Path | None:
+    """Link case ``name`` into ``folder`` from the first of ``others`` (crop folders of the same
+    geometry) that holds it with the same ``params_sha256``: same parameters and renderer, same
+    images, so a new generator version rebuilds only the cases it changed. Returns the source."""
+    for other in others:
+        src = Path(other) / f"{name}.json"
+        if not src.exists() or Path(other).resolve() == Path(folder).resolve():
+            continue
+        meta = json.loads(src.read_text(encoding="utf-8"))
+        if meta.get("params_sha256") != digest:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".x.npy", ".y.npy"):
+            dst = folder / f"{name}{suffix}"
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(Path(other) / f"{name}{suffix}", dst)
+            except OSError:  # another file system
+                shutil.copyfile(Path(other) / f"{name}{suffix}", dst)
+        tmp = folder / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+        tmp.replace(folder / f"{name}.json")
+        return Path(other)
+    return None
 
 
 @dataclass

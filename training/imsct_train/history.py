@@ -15,14 +15,14 @@ from typing import Any
 CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
 
 
-def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
-    """(steps, validations), each keyed by iteration."""
+def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, str], dict[str, Any]]]:
+    """(steps keyed by iteration, validations keyed by (iteration, validation set))."""
     steps: dict[int, dict[str, Any]] = {}
-    vals: dict[int, dict[str, Any]] = {}
+    vals: dict[tuple[int, str], dict[str, Any]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if "validation" in rec:
-            vals[int(rec["iteration"])] = rec["validation"]
+            vals[(int(rec["iteration"]), rec.get("validation_set", ""))] = rec["validation"]
         elif "loss" in rec:
             steps[int(rec["iteration"])] = rec
     return steps, vals
@@ -32,11 +32,11 @@ def rows(path: Path) -> list[dict[str, Any]]:
     """Per validation: step, cumulative CPU-hours, mean loss and median step seconds since the previous one, metrics."""
     steps, vals = read(path)
     out, previous, cpu = [], 0, 0.0
-    for it in sorted(vals):
+    for it, vset in sorted(vals):
         span = [steps[i] for i in range(previous + 1, it + 1) if i in steps]
         cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
         med = (lambda key: statistics.median(s.get(key, 0.0) for s in span) if span else float("nan"))
-        out.append({"iteration": it, "cpu_hours": cpu / 3600, "validation": vals[it],
+        out.append({"iteration": it, "set": vset, "cpu_hours": cpu / 3600, "validation": vals[(it, vset)],
                     "loss": statistics.mean(s["loss"] for s in span) if span else float("nan"),
                     "step_s": med("compute_s"), "compute_cpu_s": med("compute_cpu_s"), "data_cpu_s": med("data_cpu_s")})
         previous = it
@@ -45,14 +45,14 @@ def rows(path: Path) -> list[dict[str, Any]]:
 
 def markdown(path: Path) -> str:
     """The learning curve as a markdown table."""
-    head = ("| step | CPU-hours | mean loss | median step (s) | CPU-s per step: compute / data | validation mean | tumor | "
-            "edema | cavity | whole | healthy cases < 0.1 cm³ |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| step | CPU-hours | mean loss | median step (s) | CPU-s per step: compute / data | validation set | validation mean | "
+            "tumor | edema | cavity | whole | healthy cases < 0.1 cm³ |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows(path):
         v = r["validation"]
         per = " | ".join(f"{v.get(f'dice_{c}', float('nan')):.3f}" for c in CLASSES)
         healthy = v.get("healthy_under_0.1cm3")
         cpu = f"{r['compute_cpu_s']:.2f} / {r['data_cpu_s']:.2f}"
-        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {cpu} | {v['score']:.3f} | {per} | "
+        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {cpu} | {r['set'].split('-')[0] or '-'} | {v['score']:.3f} | {per} | "
                      f"{'' if healthy is None else f'{healthy:.0%}'} |")
     return "\n".join(lines)

@@ -11,8 +11,8 @@ See ``docs/phantoms.md`` for the model, its parameters and the seed split conven
 from __future__ import annotations
 
 from .dataset import (LABEL_KEYS, SPLITS, Case, case_paths, generate_case, split_of, split_seeds,
-                      write_case, write_dataset)
+                      params_digest, write_case, write_dataset)
 from .params import CaseParams, sample_case_params
 
-__all__ = ["Case", "CaseParams", "LABEL_KEYS", "SPLITS", "case_paths", "generate_case", "sample_case_params",
+__all__ = ["Case", "CaseParams", "LABEL_KEYS", "SPLITS", "case_paths", "generate_case", "params_digest", "sample_case_params",
            "split_of", "split_seeds", "write_case", "write_dataset"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -27,8 +28,11 @@ from .render import build_scene
 from .timing import stage
 
 LOG = logging.getLogger(__name__)
-GENERATOR_VERSION = "2.0"  # 2.0: cord T2w 0.25-0.6 of CSF, lesion T2w relative to the cord, edema-like
-# non-enhancing tumors, small polar cysts, 15 % healthy; 1.1: faster rendering (same labels as 1.0)
+GENERATOR_VERSION = "2.1"  # 2.1: 3D isotropic and small-FOV T2w acquisitions (own random stream: other
+# cases keep their 2.0 draws), edema 1.3-2.0 x cord (2.0: 1.1-2.0); 2.0: cord T2w 0.25-0.6 of CSF, lesion
+# T2w relative to the cord, edema-like non-enhancing tumors, small polar cysts, 15 % healthy; 1.1: faster
+# rendering (same labels as 1.0)
+RENDERER_VERSION = "2.0"  # bumped whenever the same parameters would render different images
 LABEL_KEYS = ("tumor", "edema", "cavity", "whole-tumor", "cord")
 SPLITS: dict[str, tuple[int, int]] = {
     "train": (0, 100_000),
@@ -141,12 +145,20 @@ def _metadata(p: CaseParams, scene, labs: dict[str, np.ndarray], aff: np.ndarray
         "edema_cm3": round(float(labs["edema"].sum() * vox_cm3), 3),
         "cavity_cm3": round(float(labs["cavity"].sum() * vox_cm3), 3),
         "cord_in_fov": bool(labs["cord"].any()), "generator_version": GENERATOR_VERSION,
+        "params_sha256": params_digest(p),
         "reference_source": p.reference_source,
         "lesions": [{"kind": l.kind, "s_center_mm": round(l.s_center, 1), "length_mm": round(l.length, 1),
                      "enhancement": l.enhancement, "cavity_mm": round(l.cavity_above + l.cavity_below, 1),
                      "edema_mm": round(l.edema_above + l.edema_below, 1), "cavity_low_signal": l.cavity_low_signal}
                     for l in p.lesions],
     }
+
+
+def params_digest(p: CaseParams) -> str:
+    """sha256 of a case's parameters and the renderer version: equal digests render identical cases
+    (what lets a new generator version reuse the cases it did not change)."""
+    text = json.dumps({"renderer": RENDERER_VERSION, "params": p.to_dict()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def case_paths(root: Path, sub: str) -> dict[str, Path]:

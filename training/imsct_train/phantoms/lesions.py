@@ -16,6 +16,17 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 EDEMA_MAX, TUMOR_MAX = 0.95, 1.05  # caps on lesion T2w relative to CSF (lesion signals follow the cord)
 P_EDEMA_LIKE = 0.5  # share of non-enhancing tumors whose T2w ratio is drawn from the edema range
+# Edema T2w relative to the cord: drawn on 1.1-2.0 as in 2.0, faint draws reflected above EDEMA_T2_MIN
+# (generator 2.1). Raters label the hyperintensity they see: at the label's edge the signal is ~60 %
+# of the way up, so 1.3 is ~18 % above the cord there, while 1.1 (6 %) drowned in the cord's own
+# texture. Reflecting (rather than redrawing on 1.3-2.0) keeps every other case's 2.0 image, so its
+# training crop is reused. Absolute edema signal still overlaps healthy cords (0.25 x 1.3 < 0.6).
+EDEMA_T2_RANGE, EDEMA_T2_MIN = (1.1, 2.0), 1.3
+
+
+def visible_edema_ratio(draw: float) -> float:
+    """Edema T2w / cord T2w from a draw on EDEMA_T2_RANGE: draws under EDEMA_T2_MIN are reflected above it."""
+    return draw if draw >= EDEMA_T2_MIN else 2 * EDEMA_T2_MIN - draw
 
 
 @dataclass
@@ -94,7 +105,7 @@ def _tumor_shape(kind: str, rng: np.random.Generator) -> dict[str, Any]:
 def _edema_like(shape: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """Non-enhancing tumor that looks like edema (generator 2): T2w ratio and T1w of edema."""
     if shape["enhancement"] == "none" and rng.random() < P_EDEMA_LIKE:
-        shape["t2_ratio"], shape["t1_ratio"] = rng.uniform(1.1, 2.0), rng.uniform(0.9, 1.0)
+        shape["t2_ratio"], shape["t1_ratio"] = visible_edema_ratio(rng.uniform(*EDEMA_T2_RANGE)), rng.uniform(0.9, 1.0)
     return shape
 
 
@@ -122,19 +133,23 @@ def _cavity_and_edema(les: Lesion, want_cavity: bool, want_edema: bool, rng: np.
         les.edema_above = u(4.0, 60.0) if rng.random() < 0.85 else 0.0
         les.edema_below = u(4.0, 60.0) if (rng.random() < 0.85 or les.edema_above == 0) else 0.0
         les.edema_radius = u(0.6, 1.0)
-        les.edema_t2 = u(1.1, 2.0)  # x cord T2: the faintest edema overlaps the brightest healthy cords
+        les.edema_t2 = visible_edema_ratio(u(*EDEMA_T2_RANGE))  # x cord T2
+
+
+def conus_s(anatomy: dict[str, Any], ref: Any, tops: dict[str, float]) -> float:
+    """s (mm below the foramen magnum) of the conus medullaris, where the cord ends."""
+    from .reference import LEVELS
+
+    level = anatomy["conus_level"]
+    i = int(level)
+    return tops[LEVELS[i]] + (level - i) * (ref.height * anatomy["size"])[i]
 
 
 def sample_lesions(rng: np.random.Generator, case: dict[str, Any], ref: Any, tops: dict[str, float]) -> list[Lesion]:
     """Place ``case['n_lesions']`` lesions of ``case['tumor_type']`` in the imaged cord."""
     if case["tumor_type"] == "none" or case["n_lesions"] <= 0:
         return []
-    from .reference import LEVELS
-
-    conus_level = case["anatomy"]["conus_level"]
-    i = int(conus_level)
-    heights = ref.height * case["anatomy"]["size"]
-    s_conus = tops[LEVELS[i]] + (conus_level - i) * heights[i]
+    s_conus = conus_s(case["anatomy"], ref, tops)
     fov = case["t2"].fov_si_mm
     lo = max(6.0, case["s_center"] - 0.42 * fov)
     hi = min(s_conus - 8.0, case["s_center"] + 0.42 * fov)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .lesions import Lesion, sample_lesions
+from .lesions import Lesion, conus_s, sample_lesions
 from .reference import IDX, Reference, load_reference
 
 LOG = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ COVERAGES = ("cervical", "cervical-thoracic", "thoracic", "thoraco-lumbar", "lum
 COVERAGE_PROBS = (0.36, 0.22, 0.20, 0.10, 0.12)
 ORIENT_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
 MAX_MATRIX = 640
+# generator 2.1: acquisitions drawn from their own random stream, so that other cases keep their 2.0 draws
+P_ISO_3D = 0.15  # 3D isotropic T2w (SPACE / CUBE / VISTA-like), 0.8-1.2 mm voxels, 40-64 mm across
+P_SMALL_FOV = 0.15  # small field of view (a targeted or cropped scan): 45-160 mm S-I, 45-120 mm A-P
 
 
 @dataclass
@@ -128,6 +131,23 @@ def _sample_grid(rng: np.random.Generator, fov_si: float) -> Grid:
     shift = (float(rng.normal(0, 3)), float(rng.uniform(-0.07, 0.1) * fov_ap), float(rng.normal(0, 12)))
     obl = tuple(float(x) for x in rng.normal(0, [2.5, 2.0, 2.0]))
     return Grid(fov_si, fov_ap, inplane, n_sl, thick, gap, shift, obl, orientation_codes(rng))
+
+
+def _acquisition_variant(rng: np.random.Generator, g: Grid) -> tuple[Grid, float]:
+    """Generator 2.1 variants of the T2w grid: 3D isotropic voxels and / or a small field of view.
+
+    Returns the grid and where the field of view sits in the coverage window (0: at its top, 1: at
+    its bottom; 0 when the field of view is the whole window). Always draws the same numbers.
+    """
+    iso, small = rng.random() < P_ISO_3D, rng.random() < P_SMALL_FOV
+    vox, across = rng.uniform(0.8, 1.2), rng.uniform(40.0, 64.0)
+    fov_si, fov_ap, where, ap = rng.uniform(45.0, 160.0), rng.uniform(45.0, 120.0), rng.random(), rng.uniform(-0.1, 0.1)
+    if iso:
+        g = dataclasses.replace(g, inplane_mm=float(vox), slice_mm=float(vox), gap_mm=0.0, n_slices=int(round(across / vox)))
+    if not small:
+        return g, 0.0
+    shift = (g.shift_mm[0], float(ap * fov_ap), g.shift_mm[2] * fov_si / g.fov_si_mm)
+    return dataclasses.replace(g, fov_si_mm=float(fov_si), fov_ap_mm=float(fov_ap), shift_mm=shift), float(where)
 
 
 def _t1_grid(t2: Grid, own: bool, rng: np.random.Generator) -> Grid:
@@ -243,13 +263,16 @@ def sample_case_params(seed: int, data_dir: Optional[str] = None, **overrides: A
     }
     tops = level_tops(ref.height * case["anatomy"]["size"])
     s_top, fov_si = _coverage_window(cov, tops, rng)
-    case["t2"] = _sample_grid(rng, fov_si)
+    case["t2"], where = _acquisition_variant(np.random.default_rng([int(seed), 4]), _sample_grid(rng, fov_si))
     case["s_center"] = None
     _apply_overrides(case, overrides)
     if case["s_center"] is None:  # FOV top follows the coverage, whatever the (overridden) FOV
         if case["coverage"] != cov:
             s_top = _coverage_window(case["coverage"], tops, np.random.default_rng([int(seed), 5]))[0]
-        case["s_center"] = s_top + case["t2"].fov_si_mm / 2.0
+        fov = case["t2"].fov_si_mm
+        case["s_center"] = s_top + where * max(fov_si - fov, 0.0) + fov / 2.0
+        if where:  # a small field of view images cord: below the foramen magnum, above the conus
+            case["s_center"] = float(np.clip(case["s_center"], 0.3 * fov, conus_s(case["anatomy"], ref, tops) - 0.2 * fov))
     if case["tumor_type"] == "none":
         case["n_lesions"], case["has_cavity"], case["has_edema"] = 0, False, False
     elif case["n_lesions"] < 1:
