@@ -311,3 +311,34 @@ def test_scores_on_a_new_validation_set_start_a_new_best(tmp_path, crop_dir, mon
     from imsct_train.history import rows
 
     assert [(r["iteration"], r["set"]) for r in rows(tmp_path / "run" / "history.jsonl")] == [(2, first_set), (4, camp.state["validation_set"])]
+
+
+def test_a_derived_crop_equals_one_built_for_the_smaller_patch(tmp_path):
+    """derive_crop re-boxes and re-z-scores a stored crop for a smaller A-P / R-L patch: the box is
+    the runtime's for that geometry (within a voxel) and the channels equal a crop built anew."""
+    small = StageConfig.from_dict(GEOMETRY | {"patch_size": [32, 8, 8], "stride": [16, 8, 8]})
+    src, dst = tmp_path / "big", tmp_path / "small"
+    compared = 0
+    for seed in (1, 2, 3):
+        case = standin_case(seed)
+        x, y, meta = C.build_crop(case, STAGE, MARGIN)
+        C.save_crop(src, x, y, meta)
+        new = C.derive_crop(src, dst, meta["name"], small, (STAGE.patch_size, STAGE.stride))
+        (big_box, _), (small_box, _) = C.runtime_box(case, STAGE), C.runtime_box(case, small)
+        origin = np.asarray(big_box.start) - MARGIN  # the stored crop's first voxel on the working grid
+        assert new["inner_start"][0] == MARGIN[0] and new["inner_size"][0] == big_box.size[0]  # S-I: unchanged rule
+        np.testing.assert_allclose(origin + new["inner_start"], small_box.start, atol=1)
+        assert tuple(new["inner_size"]) == small_box.size
+        xb, _, mb = C.build_crop(case, small, MARGIN)
+        derived = C.CropCase.load(dst, meta["name"], np.random.default_rng(0))
+        shift = np.asarray(small_box.start) - MARGIN - origin  # built crop's origin in derived crop voxels
+        got = derived.read_x(np.asarray(mb["inner_start"]) + shift, mb["inner_size"])
+        want = xb[(slice(None), *(slice(a, a + n) for a, n in zip(mb["inner_start"], mb["inner_size"])))].astype(np.float32)
+        if tuple(origin + new["inner_start"]) == small_box.start:
+            np.testing.assert_allclose(got, want, atol=0.02)
+            compared += 1
+        assert (dst / f"{meta['name']}.x.npy").samefile(src / f"{meta['name']}.x.npy")
+    assert compared >= 2
+    assert derived.read_x((-5, 0, 0), (4, 2, 2)).tolist() == np.zeros((2, 4, 2, 2)).tolist()  # padding stays 0
+    with pytest.raises(ValueError, match="derive from a built crop"):
+        C.derive_crop(dst, tmp_path / "again", meta["name"], small, (small.patch_size, small.stride))

@@ -1,6 +1,7 @@
 """Segmenter 2: a long, resumable training campaign on pre-built crops with exclusive classes.
 
     python -m imsct_train.campaign prepare --config training/configs/segmenter-2.json --split train --jobs 1
+    python -m imsct_train.campaign derive  --config CONFIG --split train --source g2.1-p128x64x32-s64x32x32  # smaller patch
     python -m imsct_train.campaign train   --config training/configs/segmenter-2.json   # resumes by itself
     python -m imsct_train.campaign export  --config training/configs/segmenter-2.json
     python -m imsct_train.campaign report  --config training/configs/segmenter-2.json   # learning curve (markdown)
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -60,6 +62,26 @@ def _prepare_one(job: tuple[int, dict[str, Any], str]) -> str:
     x, y, meta = C.build_crop(case, StageConfig.from_dict(cfg["geometry"]))  # the runtime's box for this geometry
     C.save_crop(Path(folder), x, y, meta | {"params_sha256": (case.meta or {}).get("params_sha256")})
     return meta["name"]
+
+
+def derive(cfg: dict[str, Any], split: str, source_tag: str) -> Path:
+    """The split's crops for the config's geometry from crop folder ``<crops_dir>/<source_tag>``
+    (same generator, larger patch) by :func:`crops.derive_crop`: no phantom is regenerated."""
+    folder = crop_folder(cfg, split)
+    src = folder.parent.parent / source_tag / split
+    m = re.fullmatch(r"g(.+)-p(\d+)x(\d+)x(\d+)-s(\d+)x(\d+)x(\d+)", source_tag)
+    if m is None or not src.is_dir():
+        raise SystemExit(f"{src}: not a crop folder (expected <crops_dir>/g<version>-p<S>x<A>x<R>-s<S>x<A>x<R>/{split})")
+    from .phantoms.dataset import GENERATOR_VERSION
+
+    if m.group(1) != GENERATOR_VERSION:
+        raise SystemExit(f"{src}: generator {m.group(1)}, not {GENERATOR_VERSION}: prepare instead")
+    source = ([int(v) for v in m.groups()[1:4]], [int(v) for v in m.groups()[4:7]])
+    stage = StageConfig.from_dict(cfg["geometry"])
+    done = set(C.complete_cases(folder))
+    for name in tqdm([n for n in C.complete_cases(src) if n not in done], desc=f"{split} derive"):
+        C.derive_crop(src, folder, name, stage, source)
+    return folder
 
 
 def prepare(cfg: dict[str, Any], split: str, jobs: int) -> Path:
@@ -120,7 +142,7 @@ def validate(model: Modified3DUNet, folder: Path, names: Sequence[str], cfg: dic
     for name in tqdm(names, desc="validation", leave=False):
         cc = C.CropCase.load(folder, name, np.random.default_rng(0))
         inner = tuple(slice(a, a + n) for a, n in zip(cc.inner_start, cc.inner_size))
-        x = np.asarray(cc.x[(slice(None), *inner)], dtype=np.float32)
+        x = cc.read_x(cc.inner_start, cc.inner_size)
         y = np.asarray(cc.y[inner]) & 3
         prob = sliding_window(x, lambda b: model(torch.from_numpy(b)).numpy(), g.patch_size, g.stride, len(g.classes), 1)
         pred = exclusive_masks(prob)
@@ -301,10 +323,11 @@ class Campaign:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m imsct_train.campaign", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("prepare", "train", "export", "report"))
+    p.add_argument("command", choices=("prepare", "derive", "train", "export", "report"))
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="prepare: which seeds")
     p.add_argument("--jobs", type=int, default=1, help="prepare: processes")
+    p.add_argument("--source", help="derive: the crop folder (e.g. g2.1-p128x64x32-s64x32x32) to derive the geometry's crops from")
     p.add_argument("--stop-at", type=int, help="train: stop at this step (the schedule still spans total_steps)")
     p.add_argument("--registry", type=Path, help="export: registry to update (default: the package's)")
     args = p.parse_args(argv)
@@ -317,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "prepare":
         print(prepare(cfg, args.split, args.jobs))
+        return 0
+    if args.command == "derive":
+        if not args.source:
+            p.error("derive needs --source")
+        print(derive(cfg, args.split, args.source))
         return 0
     camp = Campaign(cfg, Path(cfg["run_dir"]))
     if args.command == "train":

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from deepseg_imsct.grid import resample
-from deepseg_imsct.cropbox import Box, box_for_mask
+from deepseg_imsct.grid import Grid, resample
+from deepseg_imsct.cropbox import Box, box_for_mask, crop_box
 from deepseg_imsct.primitives import zscore
 
 from .data import Case, StageConfig, rotation_matrix
@@ -56,6 +56,7 @@ def build_crop(case: Case, stage: StageConfig, margin: Sequence[int] = MARGIN) -
     lesion = np.concatenate([1.0 - frac[:3].sum(0, keepdims=True), frac[:3]])
     y = np.argmax(lesion, axis=0).astype(np.uint8) | (CORD_BIT * (frac[3] >= 0.5)).astype(np.uint8)
     meta = {"name": case.name, "inner_start": [int(v) for v in m], "inner_size": [int(v) for v in box.size],
+            "patch_size": list(stage.patch_size), "stride": list(stage.stride),
             "healthy": bool(not (y & 3).any()), "voxels": {c: int(((y & 3) == k + 1).sum()) for k, c in enumerate(LESIONS)}}
     return x.astype(np.float16), y, meta
 
@@ -100,6 +101,58 @@ def reuse_crop(folder: Path, name: str, digest: str, others: Sequence[Path]) -> 
     return None
 
 
+def derive_crop(src: Path, dst: Path, name: str, stage: StageConfig,
+                source: tuple[Sequence[int], Sequence[int]]) -> dict:
+    """Case ``name`` of crop folder ``src`` (built for ``source`` = (patch, stride)) for another
+    geometry ``stage`` (a smaller patch), without
+    regenerating it: the arrays are linked, the json gets the new runtime box and ``renorm``, the
+    per-channel (mean, std) that re-z-scores the stored channels over that box.
+
+    The new box is :func:`deepseg_imsct.cropbox.crop_box` of the cord voxels (label bit 4) on the
+    crop's grid; along an axis whose patch and stride are unchanged it is the stored box itself.
+    A stored 0 is a voxel outside the field of view (z-scoring maps NaN there; a real voxel is never
+    exactly 0 in float16): it is left out of the statistics and stays 0. Approximations, against a
+    crop built anew: the cord's extent is read on the working grid (within a voxel of the native
+    one), the box is clipped to the crop rather than to the field of view.
+    """
+    meta = json.loads((src / f"{name}.json").read_text(encoding="utf-8"))
+    if meta.get("renorm") is not None:
+        raise ValueError(f"{src / name}: derive from a built crop, not from a derived one")
+    x = np.load(src / f"{name}.x.npy", mmap_mode="r")
+    y = np.load(src / f"{name}.y.npy", mmap_mode="r")
+    start0, size0 = np.asarray(meta["inner_start"]), np.asarray(meta["inner_size"])
+    cord = (np.asarray(y) & CORD_BIT) > 0
+    grid = Grid(tuple(int(n) for n in y.shape), np.eye(4))
+    if cord.any():
+        idx = np.nonzero(cord)
+        lo = np.array([i.min() for i in idx]) - 0.5
+        hi = np.array([i.max() for i in idx]) + 0.5
+        factor = stage.safety_factor
+    else:  # no cord: the runtime takes the whole field of view; the stored box stands for it
+        lo, hi, factor = start0 - 0.5, start0 + size0 - 0.5, (1.0, 1.0, 1.0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    box = crop_box(corners, grid, factor, stage.patch_size, stage.stride)
+    old_patch, old_stride = source
+    keep = [old_patch[k] == stage.patch_size[k] and old_stride[k] == stage.stride[k] for k in range(3)]
+    start = np.where(keep, start0, box.start)
+    size = np.where(keep, size0, box.size)
+    region = _slice_padded(x, start, size).astype(np.float32)
+    renorm = []
+    for c in region:  # stored 0 = outside the field of view (z-scored NaN): not counted, stays 0
+        v = c[c != 0]
+        renorm.append([float(v.mean(dtype=np.float64)), max(float(v.std(dtype=np.float64)), 1e-6)] if v.size else [0.0, 1.0])
+    dst.mkdir(parents=True, exist_ok=True)
+    for suffix in (".x.npy", ".y.npy"):
+        (dst / f"{name}{suffix}").unlink(missing_ok=True)
+        os.link(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+    new = meta | {"inner_start": [int(v) for v in start], "inner_size": [int(v) for v in size], "renorm": renorm,
+                  "patch_size": list(stage.patch_size), "stride": list(stage.stride), "derived_from": str(src)}
+    tmp = dst / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(new), encoding="utf-8")
+    tmp.replace(dst / f"{name}.json")
+    return new
+
+
 @dataclass
 class CropCase:
     """One pre-built case: memory-mapped arrays and sampled voxel indices per category."""
@@ -111,6 +164,17 @@ class CropCase:
     inner_size: tuple[int, int, int]
     healthy: bool
     centres: dict[str, np.ndarray]  # category -> (n, 3) int voxel indices
+    renorm: tuple[tuple[float, float], ...] | None = None  # per channel (mean, std) of a derived crop
+
+    def read_x(self, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """Channels (C, *size) float32 of the crop from voxel ``start``, 0 outside the crop (the
+        runtime's zero padding), re-z-scored first when the crop is derived."""
+        out = _slice_padded(self.x, np.asarray(start), size).astype(np.float32)
+        if self.renorm is None:
+            return out
+        for c, (mean, std) in enumerate(self.renorm):  # 0 (padding, outside the field of view) stays 0
+            out[c] = np.where(out[c] != 0, (out[c] - mean) / std, 0.0)
+        return out
 
     @classmethod
     def load(cls, folder: Path, name: str, rng: np.random.Generator) -> CropCase:
@@ -127,7 +191,9 @@ class CropCase:
             if idx.size > MAX_INDEX_SAMPLES:
                 idx = rng.choice(idx, MAX_INDEX_SAMPLES, replace=False)
             centres[c] = np.stack(np.unravel_index(idx, yy.shape), axis=1).astype(np.int32)
-        return cls(name, x, y, tuple(meta["inner_start"]), tuple(meta["inner_size"]), bool(meta["healthy"]), centres)
+        renorm = meta.get("renorm")
+        return cls(name, x, y, tuple(meta["inner_start"]), tuple(meta["inner_size"]), bool(meta["healthy"]), centres,
+                   None if renorm is None else tuple((float(m), float(s)) for m, s in renorm))
 
 
 def complete_cases(folder: Path) -> list[str]:
@@ -174,7 +240,7 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
     patch_a = np.asarray(patch)
     start = np.round(centre - patch_a / 2).astype(int)
     if aug is None or rng.random() >= aug.p_spatial:
-        return _slice_padded(case.x, start, patch).astype(np.float32), _slice_padded(case.y, start, patch) & 3
+        return case.read_x(start, patch), _slice_padded(case.y, start, patch) & 3
     d = np.asarray(spacing, dtype=float)
     rot = rotation_matrix(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
     m = np.diag(1 / d) @ rot @ np.diag(rng.uniform(*aug.scale, 3)) @ np.diag(d)  # patch voxel -> crop voxel
@@ -182,7 +248,7 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
     coords = m @ grid + (start + patch_a / 2)[:, None]  # identity = the plain slice
     lo = np.floor(coords.min(1)).astype(int) - 1
     hi = np.ceil(coords.max(1)).astype(int) + 2
-    xs = _slice_padded(case.x, lo, hi - lo).astype(np.float32)
+    xs = case.read_x(lo, hi - lo)
     ys = _slice_padded(case.y, lo, hi - lo) & 3
     local = coords - lo[:, None]
     x = np.stack([ndimage.map_coordinates(c, local, order=1, mode="constant", cval=0.0).reshape(patch) for c in xs])
