@@ -283,9 +283,12 @@ def test_a_new_generator_links_the_crops_whose_parameters_did_not_change(tmp_pat
         digest = params_digest(sample_case_params(seed)) if seed == 100000 else "stale"
         C.save_crop(old, x, y, meta | {"name": f"phantom-{seed:05d}", "params_sha256": digest})
     monkeypatch.setattr(D, "GENERATOR_VERSION", "9.9")
+    pinned = cfg | {"data": cfg["data"] | {"generator": "1.0"}}
+    assert CP.crop_folder(pinned, "val").parent.name.startswith("g1.0-")  # what a campaign trains on
+    assert CP.crop_folder(cfg, "val").parent.name.startswith("g9.9-")  # default: this checkout's generator
     built = []
     monkeypatch.setattr(CP, "_prepare_one", lambda job: built.append(job[0]))
-    new = CP.prepare(cfg, "val", jobs=1)
+    new = CP.prepare(pinned, "val", jobs=1)  # prepare builds this checkout's generator's crops
     assert new != old and built == [100001]
     assert (new / "phantom-100000.x.npy").samefile(old / "phantom-100000.x.npy")
     assert json.loads((new / "phantom-100000.json").read_text())["params_sha256"] == params_digest(sample_case_params(100000))

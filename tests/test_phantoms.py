@@ -386,3 +386,35 @@ def test_testing_data_case():
         row = next(csv.DictReader(fh, delimiter="\t"))
     assert row["participant_id"] == "sub-test01" and row["tumor_type"] == "ependymoma"
     assert row["coverage"] == "cervical-thoracic"
+
+
+def test_cord_gray_matter_is_an_h_brighter_on_t2w_and_darker_on_t1w(monkeypatch):
+    """Generator 2.2: the cord's gray matter (~24 % of the cross-section, symmetric, inside the cord)
+    changes the cord's signal and not its labels."""
+    from imsct_train.phantoms import tissues
+    from imsct_train.phantoms.anatomy import gray_matter
+    from imsct_train.phantoms.tissues import GRAY_T1_RATIO, GRAY_T2_RATIO, T, tissue_tables
+
+    axis = np.linspace(-1, 1, 401)
+    un, vn = np.meshgrid(axis, (axis - axis[::-1]) / 2, indexing="ij")  # exactly symmetric in vn
+    disk = un ** 2 + vn ** 2 < 1
+    gm = gray_matter(un, vn)
+    assert not (gm & ~disk).any() and 0.20 < gm.sum() / disk.sum() < 0.28
+    np.testing.assert_array_equal(gm, gm[:, ::-1])  # left = right
+    assert gm[np.abs(un) < 0.05].any() and not gm[(np.abs(vn) > 0.7)].any()  # central bar, horns inside
+    for s in range(50):
+        tab = tissue_tables({"jitter_sd": 0.1}, np.random.default_rng(s))
+        assert GRAY_T2_RATIO[0] <= tab["t2"][T.GRAY] / tab["t2"][T.CORD] <= GRAY_T2_RATIO[1]
+        assert GRAY_T1_RATIO[0] <= tab["t1"][T.GRAY] / tab["t1"][T.CORD] <= GRAY_T1_RATIO[1]
+    case = generate_case(25, render_scale=0.6)  # healthy, 3D isotropic
+    monkeypatch.setattr(tissues, "GRAY_T2_RATIO", (1.0, 1.0))
+    monkeypatch.setattr(tissues, "GRAY_T1_RATIO", (1.0, 1.0))
+    plain = generate_case(25, render_scale=0.6)
+    cord = _arr(case.labels["cord"]) > 0
+    np.testing.assert_array_equal(cord, _arr(plain.labels["cord"]) > 0)
+    t2, t2_plain = _arr(case.t2w).astype(float), _arr(plain.t2w).astype(float)
+    assert t2[cord].mean() > 1.02 * t2_plain[cord].mean()
+    from scipy import ndimage
+
+    far = ~ndimage.binary_dilation(cord, iterations=3)  # partial volume, blur, ringing reach the cord's edge only
+    assert np.abs(t2 - t2_plain)[far].mean() < 0.05 * np.abs(t2 - t2_plain)[cord].mean()

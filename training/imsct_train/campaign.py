@@ -49,11 +49,14 @@ def _geometry_tag(cfg: dict[str, Any]) -> str:
     return f"p{'x'.join(str(v) for v in g['patch_size'])}-s{'x'.join(str(v) for v in g['stride'])}"
 
 
-def crop_folder(cfg: dict[str, Any], split: str) -> Path:
-    """``<crops_dir>/g<generator>-<patch>/<split>``: one folder per generator version and geometry."""
+def crop_folder(cfg: dict[str, Any], split: str, generator: str | None = None) -> Path:
+    """``<crops_dir>/g<generator>-<patch>/<split>``: one folder per generator version and geometry.
+    ``generator``: default the config's ``data.generator`` (the crops a campaign trains on), else
+    this checkout's generator (the crops ``prepare`` builds)."""
     from .phantoms.dataset import GENERATOR_VERSION
 
-    return Path(cfg["data"].get("crops_dir", "runs/crops")) / f"g{GENERATOR_VERSION}-{_geometry_tag(cfg)}" / split
+    version = generator or cfg["data"].get("generator") or GENERATOR_VERSION
+    return Path(cfg["data"].get("crops_dir", "runs/crops")) / f"g{version}-{_geometry_tag(cfg)}" / split
 
 
 def _prepare_one(job: tuple[int, dict[str, Any], str]) -> str:
@@ -67,13 +70,13 @@ def _prepare_one(job: tuple[int, dict[str, Any], str]) -> str:
 def derive(cfg: dict[str, Any], split: str, source_tag: str) -> Path:
     """The split's crops for the config's geometry from crop folder ``<crops_dir>/<source_tag>``
     (same generator, larger patch) by :func:`crops.derive_crop`: no phantom is regenerated."""
-    folder = crop_folder(cfg, split)
+    from .phantoms.dataset import GENERATOR_VERSION
+
+    folder = crop_folder(cfg, split, GENERATOR_VERSION)
     src = folder.parent.parent / source_tag / split
     m = re.fullmatch(r"g(.+)-p(\d+)x(\d+)x(\d+)-s(\d+)x(\d+)x(\d+)", source_tag)
     if m is None or not src.is_dir():
         raise SystemExit(f"{src}: not a crop folder (expected <crops_dir>/g<version>-p<S>x<A>x<R>-s<S>x<A>x<R>/{split})")
-    from .phantoms.dataset import GENERATOR_VERSION
-
     if m.group(1) != GENERATOR_VERSION:
         raise SystemExit(f"{src}: generator {m.group(1)}, not {GENERATOR_VERSION}: prepare instead")
     source = ([int(v) for v in m.groups()[1:4]], [int(v) for v in m.groups()[4:7]])
@@ -85,11 +88,13 @@ def derive(cfg: dict[str, Any], split: str, source_tag: str) -> Path:
 
 
 def prepare(cfg: dict[str, Any], split: str, jobs: int) -> Path:
-    """Generate the split's phantoms and write their crops, skipping those already there and linking
-    those another generator version rendered from the same parameters (:func:`crops.reuse_crop`)."""
+    """Generate the split's phantoms with this checkout's generator and write their crops, skipping
+    those already there and linking those another generator version rendered from the same
+    parameters (:func:`crops.reuse_crop`)."""
     from .phantoms import params_digest, sample_case_params
+    from .phantoms.dataset import GENERATOR_VERSION
 
-    folder = crop_folder(cfg, split)
+    folder = crop_folder(cfg, split, GENERATOR_VERSION)
     done = set(C.complete_cases(folder))
     others = sorted(p for p in folder.parent.parent.glob(f"g*-{_geometry_tag(cfg)}/{split}") if p != folder)
     todo = []

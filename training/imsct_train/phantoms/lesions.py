@@ -260,11 +260,14 @@ def _edema_weight(les: Lesion, s: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[Lesion],
-                   tissue: dict[str, tuple[float, float]], noise: np.ndarray) -> LesionLayer:
+                   tissue: dict[str, tuple[float, float]], noise: np.ndarray,
+                   healthy: tuple[np.ndarray, np.ndarray] | None = None) -> LesionLayer:
     """Lesion classes and T2 / T1 signal at cord points.
 
-    ``tissue`` maps 'cord', 'csf', 'fat' to (T2, T1) signals; ``noise`` is a smooth per-point
-    field in [-1, 1] used for partial enhancement and intratumoral cysts.
+    ``tissue`` maps 'cord', 'csf', 'fat' to (T2, T1) signals (lesion signals are set relative to
+    the cord's white matter); ``noise`` is a smooth per-point field in [-1, 1] used for partial
+    enhancement and intratumoral cysts; ``healthy``: per-point (T2, T1) of the unchanged cord
+    (white or gray matter; default: the cord's signal everywhere).
     """
     n = s.size
     tumor, cavity, edema = (np.zeros(n, bool) for _ in range(3))
@@ -302,8 +305,9 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
         cav2 = les.cavity_t2 * csf2
         cav1 = csf1 * (1.0 if not les.cavity_low_signal else 1.8)
         touched = (w_e > 0) | (q_c < 1.15) | (wt > 0)
-        base2 = np.where(np.isnan(t2[sel]), cord2, t2[sel])
-        base1 = np.where(np.isnan(t1[sel]), cord1, t1[sel])
+        h2, h1 = (cord2, cord1) if healthy is None else (healthy[0][sel], healthy[1][sel])
+        base2 = np.where(np.isnan(t2[sel]), h2, t2[sel])
+        base1 = np.where(np.isnan(t1[sel]), h1, t1[sel])
         v2 = np.where(w_e > 0, np.maximum(base2, e2), base2)
         v1 = base1
         wc = np.clip((1.15 - q_c) / 0.3, 0, 1)

@@ -180,10 +180,10 @@ def _classify_inside(sc: Scene, s, u, v, lab: np.ndarray, k, lv, back, front, fa
         rg.head(lh, s[hz], u[hz], v[hz], sac_a[hz], pr.sac_b[k[hz]], sc.phase, p.anatomy["head_tilt_deg"])
         lab[hz] = lh
     cord = _spine_and_canal(sc, lab, s, u, v, lv, k, i, canal_front, canal_back, vb_front)
-    return cord, _lesion_layer(sc, cord, s, u, v, k)
+    return cord, _lesion_layer(sc, cord, s, u, v, k, lab)
 
 
-def _lesion_layer(sc: Scene, cord: np.ndarray, s, u, v, k) -> LesionPoints:
+def _lesion_layer(sc: Scene, cord: np.ndarray, s, u, v, k, lab: np.ndarray) -> LesionPoints:
     """Lesions painted inside the cord: the cord points they change."""
     tb = sc.tables
     ci = np.flatnonzero(cord)
@@ -197,6 +197,7 @@ def _lesion_layer(sc: Scene, cord: np.ndarray, s, u, v, k) -> LesionPoints:
     noise = np.clip(rg.wave_noise(s[ci], un * 4.0, vn * 4.0, sc.phase + 9, n=5, period=(6.0, 20.0)) / 1.6, -1, 1)
     tissue = {"cord": (tb["t2"][T.CORD], tb["t1"][T.CORD]), "csf": (tb["t2"][T.CSF], tb["t1"][T.CSF]),
               "fat": (tb["t2"][T.FAT], tb["t1"][T.FAT])}
-    layer = render_lesions(s[ci], un, vn, sc.p.lesions, tissue, noise)
+    healthy = (tb["t2"][lab[ci]], tb["t1"][lab[ci]])  # white or gray matter where no lesion changes it
+    layer = render_lesions(s[ci], un, vn, sc.p.lesions, tissue, noise, healthy)
     hit = np.flatnonzero(~np.isnan(layer.t2))  # touched (the classes imply it)
     return LesionPoints(ci[hit], layer.tumor[hit], layer.cavity[hit], layer.edema[hit], layer.t2[hit], layer.t1[hit])

@@ -39,10 +39,12 @@ class T(IntEnum):
     JOINT = 22
     BRAINSTEM = 23
     WHITE = 24
+    GRAY = 25  # the cord's gray matter (generator 2.2)
 
 
 N_TISSUES = len(T)
 CORD_T2_RANGE = (0.25, 0.6)  # healthy cord T2w relative to CSF (generator 2; 1.x: 0.25-0.45)
+GRAY_T2_RATIO, GRAY_T1_RATIO = (1.06, 1.22), (0.90, 0.97)  # cord gray matter / white matter (generator 2.2)
 
 # name: (T2w, T1w-Gd, texture amplitude)
 NOMINAL: dict[T, tuple[float, float, float]] = {
@@ -104,4 +106,9 @@ def tissue_tables(contrast: dict, rng: np.random.Generator) -> dict[str, np.ndar
             t2[tissue] *= 0.2
     if contrast.get("flow_void_t1_bright"):
         t1[T.VESSEL] = 0.7
+    # generator 2.2: the cord's gray matter, brighter than its white matter on T2w and darker on T1w
+    # (drawn last, so every other tissue keeps its generator-2.1 value)
+    t2[T.GRAY] = t2[T.CORD] * rng.uniform(*GRAY_T2_RATIO)
+    t1[T.GRAY] = t1[T.CORD] * rng.uniform(*GRAY_T1_RATIO)
+    tex[T.GRAY] = tex[T.CORD]
     return {"t2": t2, "t1": t1, "tex": tex}
