@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -173,6 +174,37 @@ def _copy_crops(cfg, crop_dir):
         folder.mkdir(parents=True)
         for f in crop_dir.iterdir():
             (folder / f.name).write_bytes(f.read_bytes())
+
+
+def test_a_lost_run_dir_restarts_from_the_snapshot(tmp_path, crop_dir):
+    """The snapshot written at each validation holds the averaged weights (float16), the step and
+    the learning curve; with run_dir gone, resume starts there with a new warm-up of the rate."""
+    from imsct_train.history import rows
+
+    cfg = _campaign_config(tmp_path / "crops")
+    cfg["training"]["snapshot"] = str(tmp_path / "snap" / "t.pt")
+    _copy_crops(cfg, crop_dir)
+    first = CP.Campaign(cfg, tmp_path / "run")
+    first.run(stop_at=4)
+    curve = rows(tmp_path / "run" / "history.jsonl")
+    assert [r["iteration"] for r in curve] == [2, 4]
+    average = {k: v.clone() for k, v in first.ema.module.state_dict().items()}
+    shutil.rmtree(tmp_path / "run")
+    again = CP.Campaign(cfg, tmp_path / "run")
+    again.resume()
+    assert again.state["iteration"] == 4 and again.state["restarted_at"] == 4 and again.state["precision"] is None
+    for k, v in average.items():
+        torch.testing.assert_close(again.model.state_dict()[k], v.half().to(v.dtype), rtol=0, atol=0)
+        torch.testing.assert_close(again.ema.module.state_dict()[k], v.half().to(v.dtype), rtol=0, atol=0)
+    warm = cfg["training"]["warmup_steps"]
+    assert again.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * CP.poly_lr(4, 20, warm) / warm)
+    again.run(stop_at=6)
+    assert again.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * CP.poly_lr(6, 20, warm))
+    assert rows(tmp_path / "run" / "history.jsonl")[:2] == curve  # the curve goes on from the snapshot's
+    assert [r["iteration"] for r in rows(tmp_path / "run" / "history.jsonl")] == [2, 4, 6]
+    other = cfg | {"version": "u"}
+    with pytest.raises(SystemExit, match="not t_seg u"):
+        CP.Campaign(other, tmp_path / "elsewhere").resume()
 
 
 def test_weight_average_is_what_is_validated_and_saved(tmp_path, crop_dir):

@@ -183,8 +183,7 @@ class Campaign:
         torch.manual_seed(int(cfg["seed"]))
         self.model = build_model(cfg).to(memory_format=torch.channels_last_3d)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 3e-5)))
-        total, warmup = int(t["total_steps"]), int(t.get("warmup_steps", 200))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: poly_lr(s, total, warmup))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         decay = float(t.get("ema_decay", 0.0))  # exponential moving average of the weights: validated, exported
         self.ema = None
         if decay:
@@ -198,6 +197,53 @@ class Campaign:
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
+    def _lr_factor(self, step: int) -> float:
+        """:func:`poly_lr`, and a linear warm-up again after a restart from a snapshot (fresh optimizer moments)."""
+        t = self.cfg["training"]
+        warmup = int(t.get("warmup_steps", 200))
+        factor = poly_lr(step, int(t["total_steps"]), warmup)
+        since = step - int(getattr(self, "state", {}).get("restarted_at", -1))
+        return factor * min(1.0, (since + 1) / warmup) if since >= 0 else factor
+
+    def write_snapshot(self, path: Path) -> Path:
+        """The campaign's durable state, small enough to commit: the averaged weights in float16,
+        the run state and the learning curve so far (:func:`history.rows`). ``resume`` restarts
+        from it when ``run_dir`` is lost (the optimizer's moments are not kept: they re-warm)."""
+        from .history import rows
+
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in self.evaluated.state_dict().items()}
+        hist = self.run_dir / "history.jsonl"
+        blob = {"name": self.cfg["name"], "version": self.cfg["version"], "weights": weights, "state": self.state,
+                "curve": rows(hist) if hist.exists() else []}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+        return path
+
+    def restore_snapshot(self, path: Path) -> None:
+        """Start from a snapshot (:meth:`write_snapshot`): model and average = its weights, the
+        schedule at its step with a new warm-up, its learning curve as the history's first rows."""
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if (blob["name"], blob["version"]) != (self.cfg["name"], self.cfg["version"]):
+            raise SystemExit(f"{path}: a snapshot of {blob['name']} {blob['version']}, not {self.cfg['name']} {self.cfg['version']}")
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["weights"].items()})
+        if self.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(self.cfg["training"]["ema_decay"])),
+                                     use_buffers=True)
+            self.ema.update_parameters(self.model)  # the first update copies
+        step = int(blob["state"]["iteration"])
+        self.state.update(blob["state"], restarted_at=step, best_score=-1.0, best_iteration=0, precision=None)  # another machine: measure again
+        self.sched.last_epoch = step - 1
+        self.sched.step()
+        self.log({"restored_from": str(path), "iteration": step})
+        for row in blob["curve"]:
+            self.log({"restored": row})
+        log.info("restarted at step %d from snapshot %s", step, path)
+
     def save(self) -> None:
         blob = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "state": self.state, "torch_rng": torch.get_rng_state()}
@@ -209,6 +255,10 @@ class Campaign:
 
     def resume(self) -> None:
         if not self.checkpoint.exists():
+            snapshot = self.cfg["training"].get("snapshot")
+            if snapshot and Path(snapshot).exists():
+                self.restore_snapshot(Path(snapshot))
+                return
             log.info("no checkpoint in %s: starting the campaign", self.run_dir)
             return
         blob = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
@@ -324,6 +374,8 @@ class Campaign:
         if metrics["score"] > self.state["best_score"]:
             self.state["best_score"], self.state["best_iteration"] = metrics["score"], self.state["iteration"]
             torch.save(self.evaluated.state_dict(), self.run_dir / "best.pt")
+        if self.cfg["training"].get("snapshot"):
+            self.write_snapshot(Path(self.cfg["training"]["snapshot"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@
 
 Steps logged twice (a stretch resumed from an earlier checkpoint redoes them) count once, the
 last record winning. CPU seconds are the training process's compute plus the worker's batches.
+A campaign restarted from a snapshot begins its history with the snapshot's rows (``restored``
+records), which are kept as they were.
 """
 from __future__ import annotations
 
@@ -15,23 +17,27 @@ from typing import Any
 CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
 
 
-def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, str], dict[str, Any]]]:
-    """(steps keyed by iteration, validations keyed by (iteration, validation set))."""
+def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, str], dict[str, Any]], list[dict[str, Any]]]:
+    """(steps keyed by iteration, validations keyed by (iteration, validation set), restored rows)."""
     steps: dict[int, dict[str, Any]] = {}
     vals: dict[tuple[int, str], dict[str, Any]] = {}
+    restored: list[dict[str, Any]] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
-        if "validation" in rec:
+        if "restored" in rec:
+            restored.append(rec["restored"])
+        elif "validation" in rec:
             vals[(int(rec["iteration"]), rec.get("validation_set", ""))] = rec["validation"]
         elif "loss" in rec:
             steps[int(rec["iteration"])] = rec
-    return steps, vals
+    return steps, vals, restored
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
     """Per validation: step, cumulative CPU-hours, mean loss and median step seconds since the previous one, metrics."""
-    steps, vals = read(path)
-    out, previous, cpu = [], 0, 0.0
+    steps, vals, restored = read(path)
+    out = list(restored)
+    previous, cpu = (out[-1]["iteration"], out[-1]["cpu_hours"] * 3600) if out else (0, 0.0)
     for it, vset in sorted(vals):
         span = [steps[i] for i in range(previous + 1, it + 1) if i in steps]
         cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
