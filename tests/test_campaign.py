@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import shutil
+import time
 import sys
 from pathlib import Path
 
@@ -135,6 +136,51 @@ def test_ce_dice_loss_known_answers():
 def test_precision_is_the_requested_one_unless_auto():
     net = Modified3DUNet(2, 4, 4, 0.0, output="exclusive")
     assert choose_precision(net, torch.zeros(1, 2, 16, 16, 16), torch.zeros(1, 16, 16, 16, dtype=torch.int64), "fp32") == "fp32"
+
+
+class _Bf16Garbage(torch.nn.Module):
+    """A network whose bf16 outputs are NaN (as oneDNN's faulty AMX kernels give) and which looks
+    faster in bf16: the precision probe must still choose fp32."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def logits_ds(self, x):
+        out = x[:, :1].repeat(1, 4, 1, 1, 1) * self.w
+        if torch.is_autocast_enabled("cpu"):
+            return [out * float("nan")]
+        time.sleep(0.05)
+        return [out]
+
+
+def test_precision_probe_refuses_bf16_that_gives_non_finite_losses():
+    x, y = torch.rand(1, 2, 8, 8, 8), torch.zeros(1, 8, 8, 8, dtype=torch.int64)
+    assert choose_precision(_Bf16Garbage(), x, y, "auto") == "fp32"
+
+
+def test_a_non_finite_bf16_step_switches_the_campaign_to_fp32(tmp_path, crop_dir):
+    cfg = _campaign_config(tmp_path / "crops")
+    cfg["training"]["amp"] = "bf16"
+    _copy_crops(cfg, crop_dir)
+    camp = CP.Campaign(cfg, tmp_path / "run")
+    real = camp.model.logits_ds
+    calls = []
+
+    def flaky(x):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        with torch.autocast("cpu", enabled=False):  # fp32 arithmetic: this machine's own bf16 kernels play no part
+            outs = real(x)
+        return [o * float("nan") for o in outs] if len(calls) == 2 else outs
+    camp.model.logits_ds = flaky
+    before = {k: v.clone() for k, v in camp.model.state_dict().items()}
+    camp.run(stop_at=1)
+    assert camp.state["precision"] == "bf16" and calls == [True]
+    camp.run(stop_at=2)  # the NaN step: skipped, and bf16 is dropped
+    assert camp.state["precision"] == "fp32" and camp.state["bf16_failed_at"] == 2
+    camp.run(stop_at=3)
+    assert calls[-1] is False  # trained on in fp32
+    assert any(not torch.equal(before[k], v) for k, v in camp.model.state_dict().items())
 
 
 def _campaign_config(crops_dir: Path) -> dict:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import crops as C
 from .batches import BatchDataset, BatchMaker
 from .data import StageConfig, phantom_case
-from .losses import choose_precision, deep_supervision_loss
+from .losses import bf16_failed, choose_precision, deep_supervision_loss
 from .train import load_config, seeds
 from .trainer import dice
 from .unet import Modified3DUNet, count_parameters
@@ -313,6 +313,9 @@ class Campaign:
                 self.ema.update_parameters(self.model)
         self.sched.step()
         self.state["iteration"] += 1
+        if bf16_failed(self.state["precision"], float(loss.detach())):
+            log.warning("step %d: non-finite loss in bf16 (step skipped): training goes on in fp32", self.state["iteration"])
+            self.state.update(precision="fp32", bf16_failed_at=self.state["iteration"])
         return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], "compute_cpu_s": time.process_time() - c0,
                 "compute_s": time.perf_counter() - w0, "data_cpu_s": float(batch["cpu_s"])}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -39,24 +40,41 @@ def deep_supervision_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
     return total
 
 
-def choose_precision(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, requested: str = "auto") -> str:
-    """"fp32" or "bf16": the requested one, or with "auto" the faster of the two over two timed
-    forward+backward passes (bf16 is fast on CPUs with bf16 units, ~20-50x slower on AVX2-only ones)."""
+def choose_precision(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, requested: str = "auto",
+                     passes: int = 3, tolerance: float = 0.05) -> str:
+    """"fp32" or "bf16": the requested one, or with "auto" the faster of the two over timed
+    forward+backward passes (bf16 is fast on CPUs with bf16 units, ~20-50x slower on AVX2-only ones).
+
+    bf16 is kept only if every pass gives a finite loss within ``tolerance`` (relative) of fp32's:
+    oneDNN's AMX bf16 kernels of some torch builds return NaN or garbage for a share of
+    convolutions (oneDNN issue 5717), which a campaign then also watches for (:func:`bf16_failed`).
+    """
     if requested != "auto":
         return requested
-    times = {}
+    times: dict[str, float] = {}
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for mode in ("fp32", "bf16"):
         best = float("inf")
-        for _ in range(2):
+        for _ in range(passes):
             t0 = time.perf_counter()
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
                 outs = model.logits_ds(x)
-            deep_supervision_loss(outs, y, (1.0, 0.5, 0.25)).backward()
+            loss = deep_supervision_loss(outs, y, (1.0, 0.5, 0.25))
+            loss.backward()
             best = min(best, time.perf_counter() - t0)
+            losses[mode].append(float(loss.detach()))
             if best > 10 * times.get("fp32", float("inf")):
                 break  # clearly slower: do not waste minutes on it
         times[mode] = best
     model.zero_grad(set_to_none=True)
-    choice = min(times, key=times.get)
-    log.info("precision: %s (seconds per pass %s)", choice, {k: round(v, 2) for k, v in times.items()})
+    ref = losses["fp32"][0]
+    sound = all(math.isfinite(v) and abs(v - ref) <= tolerance * abs(ref) for v in losses["bf16"])
+    choice = "bf16" if sound and times["bf16"] < times["fp32"] else "fp32"
+    log.info("precision: %s (seconds per pass %s; bf16 losses %s vs fp32 %.4f)", choice,
+             {k: round(v, 2) for k, v in times.items()}, [round(v, 4) for v in losses["bf16"]], ref)
     return choice
+
+
+def bf16_failed(precision: str | None, loss: float) -> bool:
+    """True when a bf16 step gave a non-finite loss: the campaign then trains on in fp32."""
+    return precision == "bf16" and not math.isfinite(loss)
