@@ -8,7 +8,9 @@ Usage (from the repository root, with ``pip install . ./training``)::
 
 Writes the phantoms (BIDS), the predictions (with the cord mask and crop box) and the report
 (``report.md``, ``report_cases.csv``, ``report_summary.csv``) under the output folder, and prints
-the markdown report. Steps already done (phantoms, predictions) are reused on a rerun.
+the markdown report. Steps already done (phantoms, predictions) are reused on a rerun. A case the
+pipeline refuses (DeepsegError, e.g. inputs judged swapped) is listed in ``failures.txt`` with its
+message and left out of the metrics (the report names it as unmatched); the others go on.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
 
     from imsct_train.phantoms import split_seeds, write_dataset
 
+    from deepseg_imsct.errors import DeepsegError
     from deepseg_imsct.evaluate_cli import main as evaluate
     from deepseg_imsct.inference import RuntimeOptions
     from deepseg_imsct.outputs import DEFAULT_TASK
@@ -49,15 +52,23 @@ def main(argv=None) -> int:
     pinned = ((task.localizer, args.localizer_version), (task.segmenter, args.segmenter_version))
     versions = {name: version for name, version in pinned if version} or None
     predictor = Predictor(runtime=RuntimeOptions(threads=args.threads), versions=versions)
-    seconds = []
+    seconds, failures = [], []
     for t2 in tqdm(sorted(data.glob("sub-*/anat/*_T2w.nii.gz")), desc="segmenting", unit="case"):
         if (preds / t2.name.replace(".nii.gz", "_seg-tumor.nii.gz")).exists():
             continue
         t0 = time.perf_counter()
-        predictor.run_files(t2, t2.with_name(t2.name.replace("_T2w", "_T1w")), preds, qc=preds / "qc")  # cord and crop box: preds/qc
+        try:
+            predictor.run_files(t2, t2.with_name(t2.name.replace("_T2w", "_T1w")), preds, qc=preds / "qc")  # cord and crop box: preds/qc
+        except DeepsegError as exc:
+            failures.append(f"{t2.name}: {exc}")
+            continue
         seconds.append(time.perf_counter() - t0)
     if seconds:
         print(f"inference: {sum(seconds) / len(seconds):.2f} s per case on average ({len(seconds)} cases)")
+    if failures:
+        args.o.mkdir(parents=True, exist_ok=True)
+        (args.o / "failures.txt").write_text("\n".join(failures) + "\n", encoding="utf-8")
+        print(f"{len(failures)} case(s) refused by the pipeline (left out of the metrics): see {args.o / 'failures.txt'}")
     return evaluate(["--gt", str(data), "--pred", str(preds), "-o", str(args.o / "report")])
 
 
