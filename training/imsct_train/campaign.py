@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,9 @@ class Campaign:
         step = int(blob["state"]["iteration"])
         self.state.update(blob["state"], restarted_at=step, best_score=-1.0, best_iteration=0, precision=None)  # another machine: measure again
         self.sched.last_epoch = step - 1
-        self.sched.step()
+        with warnings.catch_warnings():  # "scheduler stepped before the optimizer": deliberate, no step is skipped
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched.step()
         self.log({"restored_from": str(path), "iteration": step})
         for row in blob["curve"]:
             self.log({"restored": row})
