@@ -345,6 +345,11 @@ def test_learning_curve_counts_a_redone_step_once(tmp_path):
     (row,) = rows(tmp_path / "h.jsonl")
     assert row["iteration"] == 3 and row["cpu_hours"] == pytest.approx(3 * 3.6 / 3600) and row["loss"] == pytest.approx(5 / 3)
     assert "| 3 | 0.00 | 1.667 | 2.0 | 3.00 / 0.60 | - | 0.500 | 0.400 | nan |" in markdown(tmp_path / "h.jsonl")
+    recs[0]["loss"] = float("nan")  # step 1 non-finite (skipped by the optimizer): counted, not averaged
+    (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    (row,) = rows(tmp_path / "h.jsonl")
+    assert row["loss"] == pytest.approx(1.5) and row["skipped"] == 1
+    assert "| 3 | 0.00 | 1.500 (1 steps non-finite) |" in markdown(tmp_path / "h.jsonl")
 
 
 def test_a_new_generator_links_the_crops_whose_parameters_did_not_change(tmp_path, crop_dir, monkeypatch):

@@ -10,6 +10,7 @@ records), which are kept as they were.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def read(path: Path) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, str], d
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
-    """Per validation: step, cumulative CPU-hours, mean loss and median step seconds since the previous one, metrics."""
+    """Per validation: step, cumulative CPU-hours, mean (finite) loss, number of non-finite steps
+    (skipped by the optimizer) and median step seconds since the previous one, metrics."""
     steps, vals, restored = read(path)
     out = list(restored)
     previous, cpu = (out[-1]["iteration"], out[-1]["cpu_hours"] * 3600) if out else (0, 0.0)
@@ -43,7 +45,8 @@ def rows(path: Path) -> list[dict[str, Any]]:
         cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
         med = (lambda key: statistics.median(s.get(key, 0.0) for s in span) if span else float("nan"))
         out.append({"iteration": it, "set": vset, "cpu_hours": cpu / 3600, "validation": vals[(it, vset)],
-                    "loss": statistics.mean(s["loss"] for s in span) if span else float("nan"),
+                    "loss": statistics.mean(finite) if (finite := [s["loss"] for s in span if math.isfinite(s["loss"])]) else float("nan"),
+                    "skipped": len(span) - len(finite),
                     "step_s": med("compute_s"), "compute_cpu_s": med("compute_cpu_s"), "data_cpu_s": med("data_cpu_s")})
         previous = it
     return out
@@ -59,6 +62,7 @@ def markdown(path: Path) -> str:
         per = " | ".join(f"{v.get(f'dice_{c}', float('nan')):.3f}" for c in CLASSES)
         healthy = v.get("healthy_under_0.1cm3")
         cpu = f"{r['compute_cpu_s']:.2f} / {r['data_cpu_s']:.2f}"
-        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {r['loss']:.3f} | {r['step_s']:.1f} | {cpu} | {r['set'].split('-')[0] or '-'} | {v['score']:.3f} | {per} | "
+        loss = f"{r['loss']:.3f}" + (f" ({r['skipped']} steps non-finite)" if r.get("skipped") else "")
+        lines.append(f"| {r['iteration']} | {r['cpu_hours']:.2f} | {loss} | {r['step_s']:.1f} | {cpu} | {r['set'].split('-')[0] or '-'} | {v['score']:.3f} | {per} | "
                      f"{'' if healthy is None else f'{healthy:.0%}'} |")
     return "\n".join(lines)
