@@ -24,13 +24,11 @@ from real_healthy_pairs import pairs as real_pairs  # noqa: E402
 
 
 def bids_pairs(root: Path) -> list[tuple[Path, Path]]:
-    """(T2w, T1w) per subject of a BIDS folder (files ``sub-*/anat/*_T2w.nii.gz`` and ``*_T1w.nii.gz``)."""
-    out = []
-    for t2 in sorted(root.glob("sub-*/anat/*_T2w.nii.gz")):
-        t1 = t2.with_name(t2.name.replace("_T2w", "_T1w"))
-        if t1.exists():
-            out.append((t2, t1))
-    return out
+    """(T2w, T1w) per subject of a BIDS folder by the package's discovery (:func:`deepseg_imsct.bids.discover`),
+    the T1w named plainly ``*_T1w`` as the phantoms and ``testing_data`` are."""
+    from deepseg_imsct.bids import Patterns, discover
+
+    return [(s.t2, s.t1) for s in discover(root, Patterns(t1=r"_T1w\.nii(\.gz)?$")).subjects]
 
 
 def verdict(first: Path, second: Path, model) -> str:
