@@ -70,9 +70,27 @@ def save_crop(folder: Path, x: np.ndarray, y: np.ndarray, meta: dict) -> None:
         with open(tmp, "wb") as f:
             np.save(f, arr)
         tmp.replace(folder / f"{name}{suffix}")
+    _write_meta(folder, name, meta)
+
+
+def _write_meta(folder: Path, name: str, meta: dict) -> None:
+    """``<name>.json`` written atomically, after the arrays: its presence marks a complete case."""
     tmp = folder / f"{name}.json.tmp"
     tmp.write_text(json.dumps(meta), encoding="utf-8")
     tmp.replace(folder / f"{name}.json")
+
+
+def _link_arrays(src: Path, dst: Path, name: str) -> None:
+    """Hard-link case ``name``'s ``.x.npy`` and ``.y.npy`` from folder ``src`` into ``dst`` (a copy
+    across file systems), replacing what is there."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for suffix in (".x.npy", ".y.npy"):
+        target = dst / f"{name}{suffix}"
+        target.unlink(missing_ok=True)
+        try:
+            os.link(src / f"{name}{suffix}", target)
+        except OSError:  # another file system
+            shutil.copyfile(src / f"{name}{suffix}", target)
 
 
 def reuse_crop(folder: Path, name: str, digest: str, others: Sequence[Path]) -> Path | None:
@@ -86,17 +104,8 @@ def reuse_crop(folder: Path, name: str, digest: str, others: Sequence[Path]) -> 
         meta = json.loads(src.read_text(encoding="utf-8"))
         if meta.get("params_sha256") != digest:
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        for suffix in (".x.npy", ".y.npy"):
-            dst = folder / f"{name}{suffix}"
-            dst.unlink(missing_ok=True)
-            try:
-                os.link(Path(other) / f"{name}{suffix}", dst)
-            except OSError:  # another file system
-                shutil.copyfile(Path(other) / f"{name}{suffix}", dst)
-        tmp = folder / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(meta), encoding="utf-8")
-        tmp.replace(folder / f"{name}.json")
+        _link_arrays(Path(other), Path(folder), name)
+        _write_meta(Path(folder), name, meta)
         return Path(other)
     return None
 
@@ -141,15 +150,10 @@ def derive_crop(src: Path, dst: Path, name: str, stage: StageConfig,
     for c in region:  # stored 0 = outside the field of view (z-scored NaN): not counted, stays 0
         v = c[c != 0]
         renorm.append([float(v.mean(dtype=np.float64)), max(float(v.std(dtype=np.float64)), 1e-6)] if v.size else [0.0, 1.0])
-    dst.mkdir(parents=True, exist_ok=True)
-    for suffix in (".x.npy", ".y.npy"):
-        (dst / f"{name}{suffix}").unlink(missing_ok=True)
-        os.link(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+    _link_arrays(src, dst, name)
     new = meta | {"inner_start": [int(v) for v in start], "inner_size": [int(v) for v in size], "renorm": renorm,
                   "patch_size": list(stage.patch_size), "stride": list(stage.stride), "derived_from": str(src)}
-    tmp = dst / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(new), encoding="utf-8")
-    tmp.replace(dst / f"{name}.json")
+    _write_meta(dst, name, new)
     return new
 
 
