@@ -174,6 +174,13 @@ def poly_lr(step: int, total: int, warmup: int) -> float:
     return max(1.0 - step / total, 0.0) ** 0.9
 
 
+def _save_atomic(blob: dict[str, Any], path: Path) -> None:
+    """torch.save to ``path`` through a temporary file: an interrupted save leaves the old file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
 class Campaign:
     """Model, optimizer, schedule and run state of one campaign, checkpointed together."""
 
@@ -184,14 +191,14 @@ class Campaign:
         torch.manual_seed(int(cfg["seed"]))
         self.model = build_model(cfg).to(memory_format=torch.channels_last_3d)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 3e-5)))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.state: dict[str, Any] = {"iteration": 0, "best_score": -1.0, "best_iteration": 0, "precision": None}
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)  # reads state["restarted_at"]
         decay = float(t.get("ema_decay", 0.0))  # exponential moving average of the weights: validated, exported
         self.ema = None
         if decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.state: dict[str, Any] = {"iteration": 0, "best_score": -1.0, "best_iteration": 0, "precision": None}
         log.info("%s %s: %d parameters", cfg["name"], cfg["version"], count_parameters(self.model))
 
     @property
@@ -203,7 +210,7 @@ class Campaign:
         t = self.cfg["training"]
         warmup = int(t.get("warmup_steps", 200))
         factor = poly_lr(step, int(t["total_steps"]), warmup)
-        since = step - int(getattr(self, "state", {}).get("restarted_at", -1))
+        since = step - int(self.state.get("restarted_at", -1))
         return factor * min(1.0, (since + 1) / warmup) if since >= 0 else factor
 
     def write_snapshot(self, path: Path) -> Path:
@@ -218,9 +225,7 @@ class Campaign:
                 "curve": rows(hist) if hist.exists() else []}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        _save_atomic(blob, path)
         return path
 
     def restore_snapshot(self, path: Path) -> None:
@@ -231,11 +236,7 @@ class Campaign:
             raise SystemExit(f"{path}: a snapshot of {blob['name']} {blob['version']}, not {self.cfg['name']} {self.cfg['version']}")
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["weights"].items()})
         if self.ema is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(self.cfg["training"]["ema_decay"])),
-                                     use_buffers=True)
-            self.ema.update_parameters(self.model)  # the first update copies
+            self.ema.update_parameters(self.model)  # a new campaign's average: its first update copies
         step = int(blob["state"]["iteration"])
         self.state.update(blob["state"], restarted_at=step, best_score=-1.0, best_iteration=0, precision=None)  # another machine: measure again
         self.sched.last_epoch = step - 1
@@ -252,9 +253,7 @@ class Campaign:
                 "state": self.state, "torch_rng": torch.get_rng_state()}
         if self.ema is not None:
             blob["ema"] = self.ema.state_dict()
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self.checkpoint)
+        _save_atomic(blob, self.checkpoint)
 
     def resume(self) -> None:
         if not self.checkpoint.exists():
