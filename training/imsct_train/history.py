@@ -44,9 +44,9 @@ def rows(path: Path) -> list[dict[str, Any]]:
         span = [steps[i] for i in range(previous + 1, it + 1) if i in steps]
         cpu += sum(s.get("compute_cpu_s", 0.0) + s.get("data_cpu_s", 0.0) for s in span)
         med = (lambda key: statistics.median(s.get(key, 0.0) for s in span) if span else float("nan"))
+        finite = [s["loss"] for s in span if math.isfinite(s["loss"])]
         out.append({"iteration": it, "set": vset, "cpu_hours": cpu / 3600, "validation": vals[(it, vset)],
-                    "loss": statistics.mean(finite) if (finite := [s["loss"] for s in span if math.isfinite(s["loss"])]) else float("nan"),
-                    "skipped": len(span) - len(finite),
+                    "loss": statistics.mean(finite) if finite else float("nan"), "skipped": len(span) - len(finite),
                     "step_s": med("compute_s"), "compute_cpu_s": med("compute_cpu_s"), "data_cpu_s": med("data_cpu_s")})
         previous = it
     return out
