@@ -322,10 +322,11 @@ def canal_contents(lab: np.ndarray, s: np.ndarray, u: np.ndarray, v: np.ndarray,
     below = np.flatnonzero(sac & (s > pr.s_conus - 15))
     if below.size:
         _cauda(lab, below, s[below], u[below], v[below], off[below], A[below], B[below], roots_phase)
-    cord = (u / np.maximum(a, 1e-3)) ** 2 + (v / np.maximum(b, 1e-3)) ** 2 < 1
+    un, vn = u / np.maximum(a, 1e-3), v / np.maximum(b, 1e-3)  # the cord's normalised cross-section
+    cord = un ** 2 + vn ** 2 < 1
     cord &= (a > 0.3) & (s > -12.0)
     lab[cord] = T.CORD
-    lab[cord & gray_matter(u / np.maximum(a, 1e-3), v / np.maximum(b, 1e-3))] = T.GRAY
+    lab[cord & gray_matter(un, vn)] = T.GRAY
     return cord
 
 
