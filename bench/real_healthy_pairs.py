@@ -19,8 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_real import contrast_of, find_scans, shared_data  # noqa: E402
@@ -67,10 +65,7 @@ def main(argv=None) -> int:
         except DeepsegError as exc:
             print(f"| {name[0]} | {name[1]} | refused: {exc} |")
             continue
-        vols = []
-        for c in classes:
-            img = result.masks[c]
-            vols.append(float(np.asarray(img.dataobj).sum()) * float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0)
+        vols = [result.stats["Classes"][c]["volume_cm3"] for c in classes]  # the run's own statistics
         print(f"| {name[0]} | {name[1]} | " + " | ".join(f"{v:.3f}" for v in vols) + " |", flush=True)
     return 0
 
