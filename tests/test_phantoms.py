@@ -418,3 +418,48 @@ def test_cord_gray_matter_is_an_h_brighter_on_t2w_and_darker_on_t1w(monkeypatch)
 
     far = ~ndimage.binary_dilation(cord, iterations=3)  # partial volume, blur, ringing reach the cord's edge only
     assert np.abs(t2 - t2_plain)[far].mean() < 0.05 * np.abs(t2 - t2_plain)[cord].mean()
+
+
+def test_bright_cord_t1w_tables_and_other_tables_unchanged(monkeypatch):
+    """Generator 2.3: ~35 % of T1w tables have a bright cord (0.6-0.95 of fat, CSF 0.2-1.0 of the
+    cord); the draws come last, so with the variant off every table is generator 2.2's."""
+    from imsct_train.phantoms import tissues
+    from imsct_train.phantoms.tissues import BRIGHT_CORD_CSF_T1, BRIGHT_CORD_T1_FAT, T, tissue_tables
+
+    tables = [tissue_tables({"jitter_sd": 0.1}, np.random.default_rng(s)) for s in range(300)]
+    monkeypatch.setattr(tissues, "P_BRIGHT_CORD_T1", 0.0)
+    plain = [tissue_tables({"jitter_sd": 0.1}, np.random.default_rng(s)) for s in range(300)]
+    bright = 0
+    for tab, ref in zip(tables, plain):
+        np.testing.assert_array_equal(tab["t2"], ref["t2"])
+        changed = np.flatnonzero(tab["t1"] != ref["t1"])
+        if changed.size == 0:
+            assert ref["t1"][T.CSF] <= 0.5 * ref["t1"][T.CORD]  # spin echo: CSF dark
+            continue
+        bright += 1
+        assert set(changed) <= {T.CORD, T.GRAY, T.BRAINSTEM, T.CSF}
+        assert BRIGHT_CORD_T1_FAT[0] <= tab["t1"][T.CORD] / tab["t1"][T.FAT] <= BRIGHT_CORD_T1_FAT[1]
+        assert BRIGHT_CORD_CSF_T1[0] <= tab["t1"][T.CSF] / tab["t1"][T.CORD] <= BRIGHT_CORD_CSF_T1[1]
+        assert tab["t1"][T.GRAY] / tab["t1"][T.CORD] == pytest.approx(ref["t1"][T.GRAY] / ref["t1"][T.CORD], rel=1e-5)
+    assert 0.25 < bright / len(tables) < 0.45
+
+
+@pytest.mark.parametrize("variant", ["fatsat", "bright-cord"])
+def test_enhancing_tumor_is_brighter_than_the_cord_on_t1w(monkeypatch, variant):
+    """Generator 2.3: enhancement is relative to unsaturated fat and at least 1.25 x the cord's T1w,
+    so an avid ependymoma stands out on a fat-saturated or a bright-cord T1w (2.2: darker than the
+    cord with fat saturation)."""
+    from imsct_train.phantoms import tissues
+
+    monkeypatch.setattr(tissues, "P_BRIGHT_CORD_T1", 1.0 if variant == "bright-cord" else 0.0)
+    case = generate_case(11, tumor_type="ependymoma", has_cavity=False, has_edema=False, n_lesions=1, t1_own_grid=False,
+                         t1_fatsat=variant == "fatsat", lesion_overrides={"length": 40.0, "enhancement": "avid", "enh_level": 0.8},
+                         **FAST)
+    t1 = _arr(case.t1w).astype(float)
+    lab = {k: _arr(case.labels[k]).astype(bool) for k in LABEL_KEYS}
+    from scipy import ndimage
+
+    core = lab["tumor"]
+    cord_only = lab["cord"] & ~ndimage.binary_dilation(lab["whole-tumor"], iterations=3)
+    assert core.sum() > 20 and cord_only.sum() > 20
+    assert np.median(t1[core]) > 1.15 * np.median(t1[cord_only])

@@ -22,6 +22,10 @@ P_EDEMA_LIKE = 0.5  # share of non-enhancing tumors whose T2w ratio is drawn fro
 # texture. Reflecting (rather than redrawing on 1.3-2.0) keeps every other case's 2.0 image, so its
 # training crop is reused. Absolute edema signal still overlaps healthy cords (0.25 x 1.3 < 0.6).
 EDEMA_T2_RANGE, EDEMA_T2_MIN = (1.1, 2.0), 1.3
+# generator 2.3: enhancement relative to unsaturated fat (2.2 took fat-saturated fat's signal: enhancing tumors
+# darker than the cord in fat-saturated T1w) and at least 1.25 x the cord's T1w (bright-cord T1w scans)
+ENH_OVER_CORD = 1.25
+FLUID_T1_MAX = 0.95  # cysts and cavities stay below the cord on T1w (generator 2.3: CSF up to the cord's)
 
 
 def visible_edema_ratio(draw: float) -> float:
@@ -265,8 +269,8 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
     """Lesion classes and T2 / T1 signal at cord points.
 
     ``tissue`` maps 'cord', 'csf', 'fat' to (T2, T1) signals (lesion signals are set relative to
-    the cord's white matter); ``noise`` is a smooth per-point field in [-1, 1] used for partial
-    enhancement and intratumoral cysts; ``healthy``: per-point (T2, T1) of the unchanged cord
+    the cord's white matter; fat's T1 is unsaturated fat's, the reference of enhancement);
+    ``noise`` is a smooth per-point field in [-1, 1] used for partial enhancement and intratumoral cysts; ``healthy``: per-point (T2, T1) of the unchanged cord
     (white or gray matter; default: the cord's signal everywhere).
     """
     n = s.size
@@ -298,12 +302,12 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
         tum1 = _tumor_t1(les, q_t, nz, cord1, fat1)
         cyst = (les.cyst_fraction > 0) & (nz > 1 - 2 * les.cyst_fraction) & (q_t < 0.7)
         tum2 = np.where(cyst, csf2 * 0.9, tum2)
-        tum1 = np.where(cyst, csf1 * 1.3, tum1)
+        tum1 = np.where(cyst, min(csf1 * 1.3, cord1 * FLUID_T1_MAX), tum1)
         if les.hemosiderin:
             cap = (q_t < 1.0) & (q_t > 0.8) & (np.abs(ss - les.s_center) > 0.4 * les.length)
             tum2 = np.where(cap, cord2 * 0.35, tum2)
         cav2 = les.cavity_t2 * csf2
-        cav1 = csf1 * (1.0 if not les.cavity_low_signal else 1.8)
+        cav1 = min(csf1 * (1.0 if not les.cavity_low_signal else 1.8), cord1 * FLUID_T1_MAX)
         touched = (w_e > 0) | (q_c < 1.15) | (wt > 0)
         h2, h1 = (cord2, cord1) if healthy is None else (healthy[0][sel], healthy[1][sel])
         base2 = np.where(np.isnan(t2[sel]), h2, t2[sel])
@@ -321,7 +325,7 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
 def _tumor_t1(les: Lesion, q_t: np.ndarray, nz: np.ndarray, cord1: float, fat1: float) -> np.ndarray:
     """Post-gadolinium T1 signal of the tumor core following its enhancement pattern."""
     plain = cord1 * les.t1_ratio * (1 + 0.05 * nz)
-    enh = fat1 * les.enh_level * (1 + 0.08 * nz)
+    enh = max(fat1 * les.enh_level, cord1 * ENH_OVER_CORD) * (1 + 0.08 * nz)
     if les.enhancement == "none":
         return plain
     if les.enhancement == "avid":

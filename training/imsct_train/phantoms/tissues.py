@@ -45,6 +45,11 @@ class T(IntEnum):
 N_TISSUES = len(T)
 CORD_T2_RANGE = (0.25, 0.6)  # healthy cord T2w relative to CSF (generator 2; 1.x: 0.25-0.45)
 GRAY_T2_RATIO, GRAY_T1_RATIO = (1.06, 1.22), (0.90, 0.97)  # cord gray matter / white matter (generator 2.2)
+# generator 2.3: a share of T1w scans where the cord is bright (3D gradient-echo / MPRAGE-like T1w, or a
+# tight field of view with little fat), as in the real T1w scans a healthy cord was called tumor on:
+# cord / fat 0.6-0.95 (spin echo: ~0.5), CSF / cord 0.2-1.0 (spin echo: under 0.5)
+P_BRIGHT_CORD_T1 = 0.35
+BRIGHT_CORD_T1_FAT, BRIGHT_CORD_CSF_T1 = (0.6, 0.95), (0.2, 1.0)
 
 # name: (T2w, T1w-Gd, texture amplitude)
 NOMINAL: dict[T, tuple[float, float, float]] = {
@@ -111,4 +116,11 @@ def tissue_tables(contrast: dict, rng: np.random.Generator) -> dict[str, np.ndar
     t2[T.GRAY] = t2[T.CORD] * rng.uniform(*GRAY_T2_RATIO)
     t1[T.GRAY] = t1[T.CORD] * rng.uniform(*GRAY_T1_RATIO)
     tex[T.GRAY] = tex[T.CORD]
+    # generator 2.3 (drawn last and always, so that every other case keeps its generator-2.2 tables)
+    bright, cord_fat, csf_cord = rng.random(), rng.uniform(*BRIGHT_CORD_T1_FAT), rng.uniform(*BRIGHT_CORD_CSF_T1)
+    if bright < P_BRIGHT_CORD_T1:
+        k = cord_fat / t1[T.CORD]  # relative to unsaturated fat (= 1)
+        for tissue in (T.CORD, T.GRAY, T.BRAINSTEM):
+            t1[tissue] *= k
+        t1[T.CSF] = t1[T.CORD] * csf_cord
     return {"t2": t2, "t1": t1, "tex": tex}
