@@ -428,3 +428,31 @@ def test_a_derived_crop_equals_one_built_for_the_smaller_patch(tmp_path):
     assert derived.read_x((-5, 0, 0), (4, 2, 2)).tolist() == np.zeros((2, 4, 2, 2)).tolist()  # padding stays 0
     with pytest.raises(ValueError, match="derive from a built crop"):
         C.derive_crop(dst, tmp_path / "again", meta["name"], small, (small.patch_size, small.stride))
+
+
+@pytest.mark.parametrize("thickness,phase", [(4.0, 0.0), (7.3, 2.1), (17.0, 11.0)])
+def test_thick_slabs_average_each_slab_and_interpolate_between_centres(thickness, phase):
+    """An axial thick-slab T1w (augmentation): a ramp along S stays the ramp away from the ends,
+    a constant stays constant, and an edge is spread over about one slab."""
+    n = 64
+    ramp = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 3, 2)).copy()
+    out = C.thick_slabs(ramp, thickness, phase)
+    inner = slice(int(phase + thickness) + 1, n - int(thickness) - 2)
+    np.testing.assert_allclose(out[inner], ramp[inner], atol=1e-4)
+    np.testing.assert_allclose(C.thick_slabs(np.full((n, 2), 3.0, np.float32), thickness, phase), 3.0, atol=1e-6)
+    step = (np.arange(n) >= 32).astype(np.float32)[:, None]
+    blurred = C.thick_slabs(step, thickness, phase)[:, 0]
+    changing = np.flatnonzero((blurred > 1e-6) & (blurred < 1 - 1e-6))
+    assert 0 < changing.size <= 2 * thickness + 1 and changing.min() >= 32 - 2 * thickness
+    assert np.all(np.diff(blurred) >= -1e-6)  # monotone, no ringing
+
+
+def test_slab_augmentation_changes_only_its_channel():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 32, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, (32, 8, 8)).astype(np.uint8)
+    aug = C.PatchAug(p_gamma=0, p_contrast=0, p_brightness=0, p_noise=0, p_blur=0, p_lowres=0, p_mirror=(0, 0, 0), p_slab=1.0)
+    xa, ya = C.augment_patch(x.copy(), y.copy(), aug, np.random.default_rng(1))
+    np.testing.assert_array_equal(xa[0], x[0])
+    np.testing.assert_array_equal(ya, y)
+    assert not np.allclose(xa[1], x[1]) and xa[1].std() < 0.6 * x[1].std()  # slabs average the noise out

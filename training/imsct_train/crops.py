@@ -225,6 +225,28 @@ class PatchAug:
     blur: tuple[float, float] = (0.5, 1.2)  # Gaussian sigma, voxels
     p_lowres: float = 0.15
     p_mirror: tuple[float, float, float] = (0.5, 0.0, 0.5)  # S-I, A-P, R-L
+    p_slab: float = 0.0  # an axial thick-slab acquisition of the channels below (e.g. an axial T1w)
+    slab_vox: tuple[float, float] = (4.0, 17.0)  # slab thickness along S-I, patch voxels (1 mm in the segmenter's grid)
+    slab_channels: tuple[int, ...] = (1,)
+
+
+def thick_slabs(ch: np.ndarray, thickness: float, phase: float) -> np.ndarray:
+    """``ch`` (S, ...) as an axial acquisition of slabs ``thickness`` voxels thick along S (the first
+    slab boundary at ``phase``) resampled back linearly: each slab's mean sits at its centre and
+    voxels in between interpolate (what the runtime's trilinear resampling makes of thick axial
+    slices, e.g. the toolbox's 5-slice ``mt/t1w``)."""
+    n = ch.shape[0]
+    edges = phase + thickness * np.arange(int(np.ceil((n - phase) / thickness)) + 1)
+    cut = np.unique(np.clip(np.round(np.r_[0.0, edges, n]).astype(int), 0, n))  # voxel slabs [cut[k], cut[k + 1])
+    csum = np.concatenate([np.zeros((1, *ch.shape[1:]), np.float64), np.cumsum(ch, axis=0, dtype=np.float64)])
+    col = (slice(None),) + (None,) * (ch.ndim - 1)
+    means = (csum[cut[1:]] - csum[cut[:-1]]) / (cut[1:] - cut[:-1])[col]
+    if len(means) == 1:
+        return np.broadcast_to(means[0], ch.shape).astype(ch.dtype)
+    centres = (cut[1:] + cut[:-1] - 1) / 2.0  # mean voxel index of each slab
+    pos = np.clip(np.searchsorted(centres, np.arange(n), side="right") - 1, 0, len(centres) - 2)
+    w = np.clip((np.arange(n) - centres[pos]) / (centres[pos + 1] - centres[pos]), 0.0, 1.0)[col]
+    return ((1 - w) * means[pos] + w * means[pos + 1]).astype(ch.dtype)
 
 
 def _slice_padded(arr: np.ndarray, start: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -284,6 +306,9 @@ def augment_patch(x: np.ndarray, y: np.ndarray, aug: PatchAug, rng: np.random.Ge
             ch = ndimage.zoom(small, np.asarray(ch.shape) / np.asarray(small.shape), order=1)[tuple(slice(0, n) for n in ch.shape)]
         if rng.random() < aug.p_noise:
             ch = ch + rng.normal(0, rng.uniform(0, aug.noise), ch.shape)
+        if c in aug.slab_channels and rng.random() < aug.p_slab:
+            t = rng.uniform(*aug.slab_vox)
+            ch = thick_slabs(ch, t, rng.uniform(0, t))
         x[c] = ch
     for axis, p in enumerate(aug.p_mirror):
         if p and rng.random() < p:
