@@ -463,3 +463,31 @@ def test_enhancing_tumor_is_brighter_than_the_cord_on_t1w(monkeypatch, variant):
     cord_only = lab["cord"] & ~ndimage.binary_dilation(lab["whole-tumor"], iterations=3)
     assert core.sum() > 20 and cord_only.sum() > 20
     assert np.median(t1[core]) > 1.15 * np.median(t1[cord_only])
+
+
+def test_tight_sacs_keep_every_other_draw_and_a_rim_of_csf(monkeypatch):
+    """Generator 2.4: ~35 % of cases have a thecal sac 0.68-0.9 x the reference's (own random
+    stream: every other parameter is the case's 2.3 draw); the sac still keeps >= 1 mm of CSF in
+    front of and behind the cord."""
+    from imsct_train.phantoms import params
+    from imsct_train.phantoms.render import build_scene
+
+    seeds = range(200)
+    tight = [sample_case_params(s) for s in seeds]
+    monkeypatch.setattr(params, "P_TIGHT_SAC", 0.0)
+    plain = [sample_case_params(s) for s in seeds]
+    ratios = []
+    for a, b in zip(tight, plain):
+        assert a.lesions == b.lesions and a.t2 == b.t2 and a.contrast == b.contrast
+        assert {k: v for k, v in a.anatomy.items() if k != "sac_scale"} == {k: v for k, v in b.anatomy.items() if k != "sac_scale"}
+        ratios.append(a.anatomy["sac_scale"] / b.anatomy["sac_scale"])
+    ratios = np.asarray(ratios)
+    narrowed = ratios[ratios != 1.0]
+    assert 0.25 < narrowed.size / ratios.size < 0.45
+    assert narrowed.min() >= params.TIGHT_SAC[0] and narrowed.max() <= params.TIGHT_SAC[1]
+    monkeypatch.setattr(params, "TIGHT_SAC", (0.5, 0.5))
+    monkeypatch.setattr(params, "P_TIGHT_SAC", 1.0)
+    p = sample_case_params(3, tumor_type="ependymoma", lesion_overrides={"swelling": 0.7})
+    prof = build_scene(p).prof
+    cord = prof.cord_a > 0
+    assert (prof.sac_a[cord] - prof.cord_a[cord] >= 1.0 - 1e-3).all()

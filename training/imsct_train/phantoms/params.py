@@ -32,6 +32,10 @@ MAX_MATRIX = 640
 # generator 2.1: acquisitions drawn from their own random stream, so that other cases keep their 2.0 draws
 P_ISO_3D = 0.15  # 3D isotropic T2w (SPACE / CUBE / VISTA-like), 0.8-1.2 mm voxels, 40-64 mm across
 P_SMALL_FOV = 0.15  # small field of view (a targeted or cropped scan): 45-160 mm S-I, 45-120 mm A-P
+# generator 2.4: a tight thecal sac (own random stream): 0.68-0.9 x the reference's, down to the 1 mm of CSF
+# kept around the cord, as in the toolbox's real t2 (1-2 mm of CSF in front of and behind the cord); with
+# roomy sacs only, a cord filling its canal meant a swollen cord, and healthy real cords were called tumor
+P_TIGHT_SAC, TIGHT_SAC = 0.35, (0.68, 0.9)
 
 
 @dataclass
@@ -261,6 +265,10 @@ def sample_case_params(seed: int, data_dir: Optional[str] = None, **overrides: A
         "render_scale": 1.0, "lesion_overrides": {},
         "anatomy": _sample_anatomy(rng, ref), "contrast": _sample_contrast(rng),
     }
+    r6 = np.random.default_rng([int(seed), 6])  # generator 2.4: tight sacs (always the same two draws)
+    tight, factor = r6.random() < P_TIGHT_SAC, float(r6.uniform(*TIGHT_SAC))
+    if tight:
+        case["anatomy"]["sac_scale"] *= factor
     tops = level_tops(ref.height * case["anatomy"]["size"])
     s_top, fov_si = _coverage_window(cov, tops, rng)
     case["t2"], where = _acquisition_variant(np.random.default_rng([int(seed), 4]), _sample_grid(rng, fov_si))
