@@ -15,8 +15,8 @@ validation set; never trained on) is rendered once per variant, identical but fo
   sacs reach 0.68; the real t2 has 1-2 mm of CSF in front of and behind the cord).
 
 Every rendering goes through :class:`deepseg_imsct.pipeline.Predictor` with the task's default
-post-processing; prints the whole-tumor volume (cm³) per case and variant and how many are under
-0.1 cm³. The real healthy pairs (``bench/real_healthy_pairs.py``) are the check on real scans.
+post-processing; prints the whole-tumor volume (cm³) per case and variant (or 'refused', with the
+message below the table) and how many are under 0.1 cm³. The real healthy pairs (``bench/real_healthy_pairs.py``) are the check on real scans.
 Exits 0 whatever the volumes (a measurement, not a test).
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
 
     from imsct_train.phantoms import generate_case, sample_case_params, tissues
 
+    from deepseg_imsct.errors import DeepsegError
     from deepseg_imsct.pipeline import Predictor
 
     predictor = Predictor(versions={"imsct_segmenter": args.segmenter_version} if args.segmenter_version else None)
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     print("| seed | " + " | ".join(variants) + " |")
     print("|---|" + "---|" * len(variants))
     default = tissues.P_BRIGHT_CORD_T1
-    clean = dict.fromkeys(variants, 0)
+    clean, refusals = dict.fromkeys(variants, 0), []
     try:
         for seed in range(args.first, args.first + args.n):
             sac = sample_case_params(seed, tumor_type="none").anatomy["sac_scale"]
@@ -54,12 +55,20 @@ def main(argv=None) -> int:
             for name in variants:
                 tissues.P_BRIGHT_CORD_T1 = 1.0 if name == "bright-cord T1w" else default  # the table's last draw
                 case = generate_case(seed, tumor_type="none", **overrides[name])
-                vols.append(predictor(case.t2w, case.t1w).stats["Classes"]["whole-tumor"]["volume_cm3"])
-                clean[name] += vols[-1] < 0.1
-            print(f"| {seed} | " + " | ".join(f"{v:.2f}" for v in vols) + " |", flush=True)
+                try:
+                    vol = predictor(case.t2w, case.t1w).stats["Classes"]["whole-tumor"]["volume_cm3"]
+                except DeepsegError as exc:  # e.g. judged swapped by the contrast-order check
+                    vols.append("refused")
+                    refusals.append(f"{seed}, {name}: {exc}")
+                    continue
+                vols.append(f"{vol:.2f}")
+                clean[name] += vol < 0.1
+            print(f"| {seed} | " + " | ".join(vols) + " |", flush=True)
     finally:
         tissues.P_BRIGHT_CORD_T1 = default
     print("| under 0.1 cm³ | " + " | ".join(f"{clean[v]} of {args.n}" for v in variants) + " |")
+    for line in refusals:
+        print(f"refused: {line}")
     return 0
 
 
