@@ -228,6 +228,18 @@ class PatchAug:
     p_slab: float = 0.0  # an axial thick-slab acquisition of the channels below (e.g. an axial T1w)
     slab_vox: tuple[float, float] = (4.0, 17.0)  # slab thickness along S-I, patch voxels (1 mm in the segmenter's grid)
     slab_channels: tuple[int, ...] = (1,)
+    p_ring: float = 0.0  # Gibbs ringing of a channel along A-P or S-I (k-space truncated on the patch's grid)
+    ring_keep: tuple[float, float] = (0.5, 0.9)  # fraction of the patch grid's k-space kept
+
+
+def gibbs_ringing(ch: np.ndarray, axis: int, keep: float) -> np.ndarray:
+    """``ch`` with its spatial frequencies along ``axis`` above ``keep`` x Nyquist removed (the
+    truncation ringing of an acquisition at 1 / ``keep`` x the grid's voxel size along it)."""
+    k = np.fft.fft(ch, axis=axis)
+    shape = [1] * ch.ndim
+    shape[axis] = ch.shape[axis]
+    k *= (np.abs(np.fft.fftfreq(ch.shape[axis])) <= 0.5 * keep).reshape(shape)
+    return np.real(np.fft.ifft(k, axis=axis)).astype(ch.dtype)
 
 
 def thick_slabs(ch: np.ndarray, thickness: float, phase: float) -> np.ndarray:
@@ -306,6 +318,8 @@ def augment_patch(x: np.ndarray, y: np.ndarray, aug: PatchAug, rng: np.random.Ge
             ch = ndimage.zoom(small, np.asarray(ch.shape) / np.asarray(small.shape), order=1)[tuple(slice(0, n) for n in ch.shape)]
         if rng.random() < aug.p_noise:
             ch = ch + rng.normal(0, rng.uniform(0, aug.noise), ch.shape)
+        if rng.random() < aug.p_ring:
+            ch = gibbs_ringing(ch, int(rng.integers(2)), rng.uniform(*aug.ring_keep))
         if c in aug.slab_channels and rng.random() < aug.p_slab:
             t = rng.uniform(*aug.slab_vox)
             ch = thick_slabs(ch, t, rng.uniform(0, t))
