@@ -166,8 +166,8 @@ def test_orientations_vary():
 
 
 def test_acquisition_ranges():
-    """2D sagittal stacks over a coverage window, and (generator 2.1) 3D isotropic voxels and small
-    fields of view, each in about 15 % of the cases."""
+    """2D sagittal stacks over a coverage window, and 3D isotropic voxels (generator 2.5: about 35 %
+    of the cases) and small fields of view (about 15 %, generator 2.1)."""
     iso = small = 0
     for s in range(400):
         p = sample_case_params(s)
@@ -184,7 +184,7 @@ def test_acquisition_ranges():
                 "a small field of view is placed on imaged cord, lesions inside it"
         else:
             assert 250 <= g.fov_si_mm <= 450 and 200 <= g.fov_ap_mm <= 300
-    assert 40 <= iso <= 80 and 40 <= small <= 80
+    assert 110 <= iso <= 170 and 40 <= small <= 80
 
 
 def test_small_isotropic_case_holds_its_lesion():

@@ -28,7 +28,7 @@ from .render import build_scene
 from .timing import stage
 
 LOG = logging.getLogger(__name__)
-GENERATOR_VERSION = "2.4"  # 2.4: a tight thecal sac in 35 % of cases (0.68-0.9 x); 2.3: bright-cord T1w scans (35 %: cord 0.6-0.95 of fat, CSF 0.2-1.0 of cord),
+GENERATOR_VERSION = "2.5"  # 2.5: 3D isotropic T2w in 35 % of cases (same draw, higher threshold); 2.4: a tight thecal sac in 35 % of cases (0.68-0.9 x); 2.3: bright-cord T1w scans (35 %: cord 0.6-0.95 of fat, CSF 0.2-1.0 of cord),
 # enhancement at least 1.25 x the cord's T1w; 2.2: the cord's gray matter (T2w-bright, T1w-dark H); 2.1: 3D isotropic and small-FOV T2w acquisitions (own random stream: other
 # cases keep their 2.0 draws), edema 1.3-2.0 x cord (2.0: 1.1-2.0); 2.0: cord T2w 0.25-0.6 of CSF, lesion
 # T2w relative to the cord, edema-like non-enhancing tumors, small polar cysts, 15 % healthy; 1.1: faster

@@ -30,7 +30,7 @@ COVERAGE_PROBS = (0.36, 0.22, 0.20, 0.10, 0.12)
 ORIENT_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
 MAX_MATRIX = 640
 # generator 2.1: acquisitions drawn from their own random stream, so that other cases keep their 2.0 draws
-P_ISO_3D = 0.15  # 3D isotropic T2w (SPACE / CUBE / VISTA-like), 0.8-1.2 mm voxels, 40-64 mm across
+P_ISO_3D = 0.35  # 3D isotropic T2w (SPACE / CUBE / VISTA-like), 0.8-1.2 mm voxels, 40-64 mm across (2.1-2.4: 0.15)
 P_SMALL_FOV = 0.15  # small field of view (a targeted or cropped scan): 45-160 mm S-I, 45-120 mm A-P
 # generator 2.4: a tight thecal sac (own random stream): 0.68-0.9 x the reference's, down to the 1 mm of CSF
 # kept around the cord, as in the toolbox's real t2 (1-2 mm of CSF in front of and behind the cord); with
