@@ -270,8 +270,9 @@ def render_lesions(s: np.ndarray, un: np.ndarray, vn: np.ndarray, lesions: list[
 
     ``tissue`` maps 'cord', 'csf', 'fat' to (T2, T1) signals (lesion signals are set relative to
     the cord's white matter; fat's T1 is unsaturated fat's, the reference of enhancement);
-    ``noise`` is a smooth per-point field in [-1, 1] used for partial enhancement and intratumoral cysts; ``healthy``: per-point (T2, T1) of the unchanged cord
-    (white or gray matter; default: the cord's signal everywhere).
+    ``noise`` is a smooth per-point field in [-1, 1] used for partial enhancement and intratumoral
+    cysts; ``healthy``: per-point (T2, T1) of the unchanged cord (white or gray matter; default: the
+    cord's signal everywhere).
     """
     n = s.size
     tumor, cavity, edema = (np.zeros(n, bool) for _ in range(3))

@@ -17,7 +17,7 @@ from .geometry import Centerline, Pose, build_centerline, make_poses
 from .lesions import render_lesions
 from .params import CaseParams
 from .reference import LEVELS, Reference, load_reference
-from .tissues import T, tissue_tables
+from .tissues import FAT_T1, T, tissue_tables
 
 LOG = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _lesion_layer(sc: Scene, cord: np.ndarray, s, u, v, k, lab: np.ndarray) -> L
     vn = v[ci] / sc.prof.cord_b[k[ci]]
     noise = np.clip(rg.wave_noise(s[ci], un * 4.0, vn * 4.0, sc.phase + 9, n=5, period=(6.0, 20.0)) / 1.6, -1, 1)
     tissue = {"cord": (tb["t2"][T.CORD], tb["t1"][T.CORD]), "csf": (tb["t2"][T.CSF], tb["t1"][T.CSF]),
-              "fat": (tb["t2"][T.FAT], 1.0)}  # T1w: unsaturated fat (= 1), enhancement's reference (generator 2.3)
+              "fat": (tb["t2"][T.FAT], FAT_T1)}  # T1w: unsaturated fat, enhancement's reference (generator 2.3)
     healthy = (tb["t2"][lab[ci]], tb["t1"][lab[ci]])  # white or gray matter where no lesion changes it
     layer = render_lesions(s[ci], un, vn, sc.p.lesions, tissue, noise, healthy)
     hit = np.flatnonzero(~np.isnan(layer.t2))  # touched (the classes imply it)

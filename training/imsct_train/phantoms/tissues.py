@@ -43,6 +43,7 @@ class T(IntEnum):
 
 
 N_TISSUES = len(T)
+FAT_T1 = 1.0  # the T1w table's reference: unsaturated subcutaneous fat (also enhancement's, generator 2.3)
 CORD_T2_RANGE = (0.25, 0.6)  # healthy cord T2w relative to CSF (generator 2; 1.x: 0.25-0.45)
 GRAY_T2_RATIO, GRAY_T1_RATIO = (1.06, 1.22), (0.90, 0.97)  # cord gray matter / white matter (generator 2.2)
 # generator 2.3: a share of T1w scans where the cord is bright (3D gradient-echo / MPRAGE-like T1w, or a
@@ -95,7 +96,7 @@ def tissue_tables(contrast: dict, rng: np.random.Generator) -> dict[str, np.ndar
         j = np.exp(rng.normal(0, sd, 2))
         t2[tissue], t1[tissue], tex[tissue] = a * j[0], b * j[1], c * rng.uniform(0.6, 1.4)
     t2[T.CSF] = 1.0
-    t1[T.FAT] = 1.0
+    t1[T.FAT] = FAT_T1
     # keep the clinically meaningful orderings
     # generator 2: healthy cord over a wide range relative to CSF, so that absolute brightness does
     # not separate healthy cord from edema or tumor (lesion signals are set relative to the cord)
@@ -119,7 +120,7 @@ def tissue_tables(contrast: dict, rng: np.random.Generator) -> dict[str, np.ndar
     # generator 2.3 (drawn last and always, so that every other case keeps its generator-2.2 tables)
     bright, cord_fat, csf_cord = rng.random(), rng.uniform(*BRIGHT_CORD_T1_FAT), rng.uniform(*BRIGHT_CORD_CSF_T1)
     if bright < P_BRIGHT_CORD_T1:
-        k = cord_fat / t1[T.CORD]  # relative to unsaturated fat (= 1)
+        k = cord_fat * FAT_T1 / t1[T.CORD]  # relative to unsaturated fat, whatever the fat saturation
         for tissue in (T.CORD, T.GRAY, T.BRAINSTEM):
             t1[tissue] *= k
         t1[T.CSF] = t1[T.CORD] * csf_cord
