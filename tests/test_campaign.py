@@ -99,6 +99,7 @@ def test_batches_are_deterministic_and_follow_the_category_mix(crop_dir):
         drawn += batch["categories"]
     share = drawn.count("tumor") / len(drawn)
     assert 0.4 < share < 0.6, share
+    assert batch["y"].max() <= 3  # class indices: the cord bit the patches carry is gone
 
 
 def test_exclusive_network_outputs_the_union_as_whole_tumor():
@@ -470,3 +471,40 @@ def test_gibbs_ringing_truncates_k_space_and_rings_at_an_edge():
     assert rung.max() > 1.05 and rung.min() < -0.05  # overshoot inside, undershoot outside
     np.testing.assert_allclose(rung.mean(1), step.mean(1), atol=1e-5)
     np.testing.assert_array_equal(rung[0], rung[5])  # only along the axis
+
+
+def test_cord_rim_sharpens_the_cord_surface_and_undershoots_by_the_step():
+    """Along A-P only: each surface voxel falls to its inner neighbour less depth x the step to
+    the CSF outside; inner voxels, the outside, and a one-voxel-thin cord stay as they were."""
+    profile = np.array([2.0, 2.0, 1.2, 0.3, 0.4, 0.3, 1.0, 2.0, 2.0], np.float32)
+    cord1d = np.array([0, 0, 1, 1, 1, 1, 1, 0, 0], bool)
+    ch = np.tile(profile[None, :, None], (3, 1, 4))
+    cord = np.tile(cord1d[None, :, None], (3, 1, 4))
+    out = C.cord_rim(ch, cord, 1, 0.1)
+    expect = profile.copy()
+    expect[2] = 0.3 - 0.1 * (2.0 - 0.3)
+    expect[6] = 0.3 - 0.1 * (2.0 - 0.3)
+    np.testing.assert_allclose(out[1, :, 2], expect, atol=1e-6)
+    np.testing.assert_allclose(C.cord_rim(ch, cord, 1, 0.0)[0, [2, 6], 0], [0.3, 0.3], atol=1e-6)  # just sharp
+    np.testing.assert_array_equal(C.cord_rim(ch, cord, 2, 0.1), ch)  # no surface along R-L: unchanged
+    thin = np.zeros_like(cord)
+    thin[:, 4] = True
+    np.testing.assert_array_equal(C.cord_rim(ch, thin, 1, 0.2), ch)  # no inner neighbour: left alone
+    dark_out = np.tile(np.array([0.0, 0.0, 0.5, 0.3, 0.3, 0.3, 0.5, 0.0, 0.0], np.float32)[None, :, None], (3, 1, 4))
+    np.testing.assert_allclose(C.cord_rim(dark_out, cord, 1, 0.2)[0, :, 0], [0, 0, 0.3, 0.3, 0.3, 0.3, 0.3, 0, 0], atol=1e-6)
+
+
+def test_rim_augmentation_changes_only_the_t2w_at_the_cord_surface_and_keeps_the_labels():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 12, 6)).astype(np.float32)
+    y = np.zeros((16, 12, 6), np.uint8)
+    y[:, 3:9] = C.CORD_BIT
+    y[4:8, 5:7] |= 1
+    off = dict(p_gamma=0, p_contrast=0, p_brightness=0, p_noise=0, p_blur=0, p_lowres=0, p_mirror=(0, 0, 0))
+    xa, ya = C.augment_patch(x.copy(), y.copy(), C.PatchAug(**off, p_rim=1.0), np.random.default_rng(1))
+    np.testing.assert_array_equal(ya, y)
+    np.testing.assert_array_equal(xa[1], x[1])
+    changed = np.argwhere(xa[0] != x[0])
+    assert len(changed) and set(changed[:, 1]) <= {3, 8}  # the A-P surface rows only
+    xb, _ = C.augment_patch(x.copy(), y.copy(), C.PatchAug(**off, p_rim=0.0), np.random.default_rng(1))
+    np.testing.assert_array_equal(xb, x)

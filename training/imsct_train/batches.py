@@ -84,7 +84,7 @@ class BatchMaker:
             xs.append(x)
             ys.append(y)
             drawn.append(cat)
-        return {"x": np.stack(xs), "y": np.stack(ys).astype(np.int64), "cpu_s": time.process_time() - t0,
+        return {"x": np.stack(xs), "y": (np.stack(ys) & 3).astype(np.int64), "cpu_s": time.process_time() - t0,
                 "categories": drawn, "index": i}
 
 

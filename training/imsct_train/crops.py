@@ -230,6 +230,9 @@ class PatchAug:
     slab_channels: tuple[int, ...] = (1,)
     p_ring: float = 0.0  # Gibbs ringing of a channel along A-P or S-I (k-space truncated on the patch's grid)
     ring_keep: tuple[float, float] = (0.5, 0.9)  # fraction of the patch grid's k-space kept
+    p_rim: float = 0.0  # truncation undershoot at the cord's A-P surface (the dark rim of real T2w cords)
+    rim_depth: tuple[float, float] = (0.05, 0.3)  # undershoot, fraction of the step from the cord to its outer neighbour
+    rim_channels: tuple[int, ...] = (0,)
 
 
 def gibbs_ringing(ch: np.ndarray, axis: int, keep: float) -> np.ndarray:
@@ -240,6 +243,30 @@ def gibbs_ringing(ch: np.ndarray, axis: int, keep: float) -> np.ndarray:
     shape[axis] = ch.shape[axis]
     k *= (np.abs(np.fft.fftfreq(ch.shape[axis])) <= 0.5 * keep).reshape(shape)
     return np.real(np.fft.ifft(k, axis=axis)).astype(ch.dtype)
+
+
+def cord_rim(ch: np.ndarray, cord: np.ndarray, axis: int, depth: float) -> np.ndarray:
+    """``ch`` with the truncation undershoot of a sharp cord surface along ``axis``: a cord voxel
+    whose outer neighbour along ``axis`` is not cord (and whose inner one is) falls to at most its
+    inner neighbour's value, less ``depth`` x the step up from there to the outer neighbour; other
+    voxels are unchanged.
+
+    Real sagittal T2w cords show this dark rim against thin bright CSF (the Gibbs undershoot of a
+    step is ~9 % of its height, more with sharpening filters); the phantoms' cord surface is a
+    partial-volume voxel brighter than the cord, and healthy phantoms given the rim were called
+    tumor (docs/training.md, session 11)."""
+    pad = [(0, 0)] * ch.ndim
+    pad[axis] = (1, 1)
+    c, v = np.pad(cord, pad), np.pad(ch, pad, mode="edge")
+    n = ch.shape[axis]
+    at = lambda a, k: a[(slice(None),) * axis + (slice(1 + k, 1 + k + n),)]  # noqa: E731  neighbour k along axis
+    out = ch.copy()
+    for k in (1, -1):
+        edge = cord & ~at(c, k) & at(c, -k)
+        inner, outer = at(v, -k), at(v, k)
+        new = np.minimum(ch, inner) - depth * np.maximum(outer - inner, 0)
+        out[edge] = np.minimum(out[edge], new[edge])
+    return out
 
 
 def thick_slabs(ch: np.ndarray, thickness: float, phase: float) -> np.ndarray:
@@ -274,11 +301,12 @@ def _slice_padded(arr: np.ndarray, start: np.ndarray, size: Sequence[int]) -> np
 
 def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing: Sequence[float],
               aug: PatchAug | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 (C, *patch), y uint8 (*patch)) centred on voxel ``centre`` of the crop."""
+    """(x float32 (C, *patch), y uint8 (*patch)) centred on voxel ``centre`` of the crop; ``y`` holds
+    the crop's label bytes (class | :data:`CORD_BIT`)."""
     patch_a = np.asarray(patch)
     start = np.round(centre - patch_a / 2).astype(int)
     if aug is None or rng.random() >= aug.p_spatial:
-        return case.read_x(start, patch), _slice_padded(case.y, start, patch) & 3
+        return case.read_x(start, patch), _slice_padded(case.y, start, patch)
     d = np.asarray(spacing, dtype=float)
     rot = rotation_matrix(np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(aug.rotation_deg)))
     m = np.diag(1 / d) @ rot @ np.diag(rng.uniform(*aug.scale, 3)) @ np.diag(d)  # patch voxel -> crop voxel
@@ -287,7 +315,7 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
     lo = np.floor(coords.min(1)).astype(int) - 1
     hi = np.ceil(coords.max(1)).astype(int) + 2
     xs = case.read_x(lo, hi - lo)
-    ys = _slice_padded(case.y, lo, hi - lo) & 3
+    ys = _slice_padded(case.y, lo, hi - lo)
     local = coords - lo[:, None]
     x = np.stack([ndimage.map_coordinates(c, local, order=1, mode="constant", cval=0.0).reshape(patch) for c in xs])
     y = ndimage.map_coordinates(ys, local, order=0, mode="constant", cval=0).reshape(patch)
@@ -295,7 +323,8 @@ def cut_patch(case: CropCase, centre: np.ndarray, patch: Sequence[int], spacing:
 
 
 def augment_patch(x: np.ndarray, y: np.ndarray, aug: PatchAug, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Intensity changes per channel, then mirroring; ``x`` (C, S, A, R) z-scored, ``y`` (S, A, R)."""
+    """Intensity changes per channel, then mirroring; ``x`` (C, S, A, R) z-scored, ``y`` (S, A, R)
+    the crop's label bytes (class | :data:`CORD_BIT`), returned with the same bits."""
     for c in range(x.shape[0]):
         ch = x[c]
         if rng.random() < aug.p_gamma:
@@ -316,6 +345,8 @@ def augment_patch(x: np.ndarray, y: np.ndarray, aug: PatchAug, rng: np.random.Ge
             f = rng.uniform(1.3, 2.0)
             small = ndimage.zoom(ch, 1 / f, order=1)
             ch = ndimage.zoom(small, np.asarray(ch.shape) / np.asarray(small.shape), order=1)[tuple(slice(0, n) for n in ch.shape)]
+        if c in aug.rim_channels and aug.p_rim and rng.random() < aug.p_rim:
+            ch = cord_rim(ch, (y & CORD_BIT) > 0, 1, rng.uniform(*aug.rim_depth))
         if rng.random() < aug.p_noise:
             ch = ch + rng.normal(0, rng.uniform(0, aug.noise), ch.shape)
         if rng.random() < aug.p_ring:
