@@ -249,6 +249,23 @@ def test_a_cavity_found_on_the_t1w_does_not_make_a_correct_pair_look_swapped():
         check_order(t1v, t2v, None, cord, t1, t2)
 
 
+def test_the_t2w_cord_found_wider_on_the_t1w_does_not_make_a_correct_pair_look_swapped():
+    """Healthy phantom 100202 (tight sac, bright-cord T1w) and test phantom 200009 were refused:
+    the localizer found on the T1w a region larger than the T2w's cord and 41-44 % on it, whose
+    shell reads swapped. Here that region is the whole sac (cord + CSF, a third of it cord)."""
+    from deepseg_imsct.io import as_volume
+    from deepseg_imsct.contrast_order import OTHER_OVERLAP, check_order, looks_swapped
+
+    cord, cavity, t2, t1 = _cord_with_cavity()
+    sac = cord | (t2 == 800)
+    assert looks_swapped(sac, t2, t1) and sac.sum() > cord.sum()
+    assert OTHER_OVERLAP * sac.sum() <= cord.sum()
+    t2v, t1v = (as_volume(nib.Nifti1Image(a, np.eye(4)), r) for a, r in ((t2, "T2w"), (t1, "T1w")))
+    check_order(t2v, t1v, cord, sac, t2, t1)  # mostly the T2w's own cord, seen wider: accepted
+    with pytest.raises(DeepsegError, match="look swapped"):  # found on the T1w only: refused
+        check_order(t2v, t1v, cord & (np.arange(t2.shape[0]) < 3)[:, None, None], sac, t2, t1)
+
+
 @pytest.mark.parametrize("degrees", [12.0, -20.0])
 def test_oblique_acquisitions_keep_the_tumor_where_it_is(predictor, degrees):
     """A T2w/T1w pair acquired obliquely (rotated about R-L and A-P) on the same anatomy."""
