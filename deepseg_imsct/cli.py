@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     versions = {m: v for m, v in ((localizer, args.localizer_version), (segmenter, args.segmenter_version)) if v}
     if args.list_tasks:
         print(list_tasks())
+        sys.stdout.flush()
+        if getattr(sys.stdout, "failed", False):  # the listing is the whole result: say it was lost
+            raise DeepsegError("could not write the task list to standard output (closed, or the disk is full)")
         return 0
     if args.install:
         for path in install(task.name, args.source, args.offline, versions, args.model_set):

@@ -39,10 +39,12 @@ def stop_signals_interrupt() -> Iterator[None]:
 
 class SafeStream:
     """A text stream whose write errors are dropped; once one fails, its file descriptor is pointed
-    at /dev/null so that the interpreter's final flush does not fail again."""
+    at /dev/null so that the interpreter's final flush does not fail again, and ``failed`` is set
+    (for output that is the command's whole result, such as a listing)."""
 
     def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream if stream is not None else open(os.devnull, "w", encoding="utf-8")
+        self.failed = False
 
     def write(self, text: str) -> int:
         try:
@@ -58,6 +60,7 @@ class SafeStream:
             self._silence()
 
     def _silence(self) -> None:
+        self.failed = True
         with contextlib.suppress(OSError, ValueError, AttributeError):
             fd = os.open(os.devnull, os.O_WRONLY)
             os.dup2(fd, self._stream.fileno())

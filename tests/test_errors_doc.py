@@ -737,6 +737,19 @@ def _(env):
     return env.cli("-list-tasks", code=0)
 
 
+@trigger("Task list not written")
+def _(env):
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    env.mp.setattr(sys, "stdout", Full())
+    return env.cli("-list-tasks")
+
+
 @trigger("Model file does not match its registry entry")
 def _(env):
     env.registry(lambda d: d["models"]["seg"]["versions"]["1.0"].update(patch_size=[16, 16, 16]))

@@ -296,9 +296,11 @@ def test_a_closed_or_full_stderr_gives_the_exit_status_and_no_traceback(case, tm
     assert_complete_set(out)
 
 
-def test_a_full_stdout_is_no_traceback(registry):
+def test_a_full_stdout_is_no_traceback_and_a_lost_task_list_is_an_error(registry):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     with open("/dev/full", "w") as full:
         done = subprocess.run(command("-list-tasks"), stdout=full, stderr=subprocess.PIPE, text=True, timeout=WAIT_S)
-    assert done.returncode == 0 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "imsct_deepseg: error: could not write the task list to standard output (closed, or the disk is full)")
