@@ -30,8 +30,8 @@ T2, T1 = ANAT / "sub-test01_T2w.nii.gz", ANAT / "sub-test01_T1w.nii.gz"
 REFERENCE = HERE / "reference"
 CLASSES = ("tumor", "edema", "cavity", "whole-tumor")
 OUTPUTS = outputs.output_keys(CLASSES, qc=True)
-# Dice of the shipped models (localizer 0.1.2, segmenter 1.1.1) on sub-test01, and the floor just below it
-DICE_FLOORS = {"tumor": 0.69, "edema": 0.42, "whole-tumor": 0.82, "cord": 0.87}  # reached: 0.705, 0.439, 0.839, 0.885
+# Dice of the shipped models (localizer 0.1.2, segmenter 2.0.0) on sub-test01 (generator 2.5), and the floor just below it
+DICE_FLOORS = {"tumor": 0.82, "edema": 0.59, "cavity": 0.55, "whole-tumor": 0.87, "cord": 0.87}  # reached: 0.839, 0.609, 0.573, 0.884, 0.884
 
 
 def run_command(out: Path) -> None:
@@ -69,11 +69,7 @@ def output(out: Path, key: str) -> Path:
     return outputs.output_paths(T2, out / "qc" if key in outputs.QC_KEYS else out, [key])[key]
 
 
-@pytest.mark.parametrize("label", [
-    *DICE_FLOORS,
-    pytest.param("cavity", marks=pytest.mark.xfail(strict=True, reason="segmenter 1.1.1 finds no cavity on sub-test01 "
-                                                   "(ground truth: 425 voxels); remove this mark and add a floor when one does")),
-])
+@pytest.mark.parametrize("label", DICE_FLOORS)
 def test_outputs_score_against_the_ground_truth(out, label):
     gt, pred = truth(label), mask(output(out, outputs.CORD if label == "cord" else outputs.class_key(label)))
     assert gt.any(), "the ground truth holds every class"
