@@ -26,6 +26,7 @@ Exits 0 whatever the volumes (a measurement, not a test).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 import nibabel as nib
@@ -44,7 +45,7 @@ def with_dark_rim(case):
     cord = np.asarray(case.labels["cord"].dataobj) > 0
     data = cord_rim(np.asarray(img.dataobj, np.float32), cord, axis, RIM_DEPTH)
     t2 = nib.Nifti1Image(np.clip(np.rint(data), 0, 32767).astype(np.int16), img.affine, img.header)
-    return case.__class__(t2, case.t1w, case.labels, case.meta, case.params)
+    return dataclasses.replace(case, t2w=t2)
 
 
 def main(argv=None) -> int:
